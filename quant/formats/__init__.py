@@ -1,0 +1,1 @@
+"""One module per family of GGUF block formats; each registers its types in quant.types."""

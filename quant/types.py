@@ -1,0 +1,91 @@
+"""The type registry: every GGML tensor type lowbit knows, listed once.
+
+Each format module registers its types here with the facts of the layout and a block decoder.
+Everything generic (dequantize, fused kernels, sizes, tests, CLI listings) loops over this table,
+so a new type inherits all of it by being registered.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    ggml_id: int
+    block_size: int          # weights per block
+    type_size: int           # bytes per block
+    family: str              # "float", "legacy", "k", "iq1", "iq2", "iq3", "iq4", "ternary", "mx"
+    # decode_block(w, o, y): njit; decodes the block(s) at byte offset o of the uint8 array w into
+    # the float32 array y. Quantized types decode exactly one block (len(y) == block_size); the
+    # float types (block_size 1) decode len(y) consecutive values.
+    decode_block: Callable
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.type_size / self.block_size
+
+    @property
+    def is_float(self) -> bool:
+        return self.family == "float"
+
+    def row_bytes(self, n_cols: int) -> int:
+        """Bytes of one row of n_cols weights; raises ValueError if n_cols is not whole blocks."""
+        if n_cols % self.block_size:
+            raise ValueError(
+                f"a row of {n_cols} weights is not a whole number of {self.name} blocks "
+                f"({self.block_size} weights each)")
+        return n_cols // self.block_size * self.type_size
+
+    def decode_chunk(self, n_cols: int) -> int:
+        """How many weights the kernels decode at a time along a row of n_cols."""
+        return n_cols if self.is_float else self.block_size
+
+
+_BY_NAME: dict[str, QuantType] = {}
+_BY_ID: dict[int, QuantType] = {}
+
+
+def register(name: str, family: str, decode_block: Callable) -> QuantType:
+    """Register a type; block and type sizes come from the gguf package, the format's authority."""
+    ggml = GGMLQuantizationType[name]
+    block_size, type_size = GGML_QUANT_SIZES[ggml]
+    qtype = QuantType(name, int(ggml), block_size, type_size, family, decode_block)
+    assert name not in _BY_NAME and qtype.ggml_id not in _BY_ID, name
+    _BY_NAME[name] = qtype
+    _BY_ID[qtype.ggml_id] = qtype
+    return qtype
+
+
+def _load_formats() -> None:
+    # Importing a format module registers its types.
+    from .formats import floats, legacy, kquants, iq1, iq2, iq3, iq4, ternary, mxfp4  # noqa: F401
+
+
+def all_types() -> list[QuantType]:
+    _load_formats()
+    return sorted(_BY_NAME.values(), key=lambda t: t.ggml_id)
+
+
+def by_name(name: str) -> QuantType:
+    _load_formats()
+    try:
+        return _BY_NAME[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown tensor type {name!r}; known types: "
+                         f"{', '.join(t.name for t in all_types())}") from None
+
+
+def by_id(ggml_id: int) -> QuantType:
+    _load_formats()
+    try:
+        return _BY_ID[ggml_id]
+    except KeyError:
+        try:
+            what = GGMLQuantizationType(ggml_id).name
+        except ValueError:
+            what = f"id {ggml_id}"
+        raise ValueError(f"tensor type {what} is not supported by lowbit") from None
