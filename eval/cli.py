@@ -43,6 +43,147 @@ def cmd_models(args) -> int:
     return 0
 
 
+def set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    import numba
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise UsageError(f"-t must be between 1 and {numba.config.NUMBA_NUM_THREADS} on this machine, not {n}")
+    numba.set_num_threads(n)
+
+
+def load_model(name_or_path: str):
+    from lowbit.runtime.model import Model
+    from lowbit.runtime.tokenizer import Tokenizer
+    from .model_store import resolve_model
+
+    model = Model.load(resolve_model(name_or_path))
+    return model, Tokenizer(model.gguf.metadata)
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"text file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"text file {path} is not UTF-8 text") from None
+
+
+def cmd_perplexity(args) -> int:
+    from tqdm import tqdm
+    from .perplexity import perplexity
+
+    set_threads(args.threads)
+    text = read_text(args.file)
+    model, tokenizer = load_model(args.model)
+    bar = tqdm(total=None, desc="perplexity", unit="chunk", disable=args.json or not sys.stderr.isatty())
+
+    def progress(i, n, ppl):
+        bar.total = n
+        bar.set_postfix(ppl=f"{ppl:.4f}")
+        bar.update(1)
+
+    res = perplexity(model, tokenizer, text, args.ctx_size, args.chunks, on_chunk=progress)
+    bar.close()
+    if args.json:
+        print(json.dumps({"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
+                          "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
+                          "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}))
+    else:
+        print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running)))
+        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}")
+        print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
+              file=sys.stderr)
+    return 0
+
+
+def sampler_from(args):
+    from lowbit.runtime.sampling import Sampler, SamplerSettings
+    return Sampler(SamplerSettings(temp=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                   repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                                   seed=args.seed))
+
+
+def cmd_generate(args) -> int:
+    from lowbit.runtime.generate import GenerationStats, TextStream, generate_tokens
+
+    set_threads(args.threads)
+    if not args.prompt:
+        raise UsageError("the prompt is empty: give one with -p")
+    model, tokenizer = load_model(args.model)
+    ids = tokenizer.encode(args.prompt, add_special=True, parse_special=args.special)
+    cache = model.new_cache(args.ctx_size)
+    stats = GenerationStats()
+    stream = TextStream(tokenizer)
+    if not args.no_echo:
+        print(args.prompt, end="", flush=True)
+    try:
+        for token in generate_tokens(model, tokenizer, ids, cache, args.n_predict, sampler_from(args), stats):
+            print(stream.push(token), end="", flush=True)
+    except KeyboardInterrupt:
+        stats.stopped_by = "interrupted"
+    print(stream.flush())
+    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from lowbit.runtime.chat import ChatSession
+    from lowbit.runtime.config import ModelError
+
+    set_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    session = ChatSession(model, tokenizer, args.ctx_size, sampler_from(args), args.system)
+    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}); /exit quits, /clear "
+          f"starts over, Ctrl-C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\n(type /exit to quit)", file=sys.stderr)
+            continue
+        cmd = line.strip()
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/clear":
+            session.clear()
+            continue
+        if not cmd:
+            continue
+        before = (session.stats.generated_tokens, session.stats.generate_seconds)
+        try:
+            for piece in session.reply(line, args.n_predict):
+                print(piece, end="", flush=True)
+            print()
+        except KeyboardInterrupt:
+            print("\n[answer stopped]", file=sys.stderr)
+        except ModelError as e:
+            print(f"\n[{e}]", file=sys.stderr)
+            continue
+        n = session.stats.generated_tokens - before[0]
+        secs = session.stats.generate_seconds - before[1]
+        if n and secs:
+            print(f"[{n} tokens, {n / secs:.1f} tokens/s]", file=sys.stderr)
+
+
+def add_sampling_args(s) -> None:
+    s.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=40)
+    s.add_argument("--top-p", type=float, default=0.95)
+    s.add_argument("--min-p", type=float, default=0.05)
+    s.add_argument("--repeat-penalty", type=float, default=1.0)
+    s.add_argument("--repeat-last-n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("-t", "--threads", type=int, default=None)
+    s.add_argument("-c", "--ctx-size", type=int, default=4096)
+    s.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until done)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensors", action="store_true", help="also list every tensor")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("perplexity", help="perplexity of a text, as llama-perplexity computes it")
+    s.add_argument("model")
+    s.add_argument("-f", "--file", required=True, help="the text (e.g. wiki.test.raw)")
+    s.add_argument("-c", "--ctx-size", type=int, default=512)
+    s.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all)")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print one JSON object instead")
+    s.set_defaults(func=cmd_perplexity)
+
+    s = sub.add_parser("generate", help="continue a prompt, streaming the tokens")
+    s.add_argument("model")
+    s.add_argument("-p", "--prompt", required=True)
+    s.add_argument("--special", action="store_true", help="parse special tokens in the prompt")
+    s.add_argument("--no-echo", action="store_true", help="do not print the prompt")
+    add_sampling_args(s)
+    s.set_defaults(func=cmd_generate, n_predict=128)
+
+    s = sub.add_parser("chat", help="interactive multi-turn chat with the model's template")
+    s.add_argument("model")
+    s.add_argument("-s", "--system", default=None, help="system prompt")
+    add_sampling_args(s)
+    s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("models", help="list or pull the known real models")
     s.add_argument("action", choices=["list", "pull"])

@@ -1,0 +1,181 @@
+"""A transformer that runs GGUF files: every linear layer through its own type's fused kernels.
+
+Prompt tokens go through in batches (matrix-matrix kernels), generated tokens one at a time
+(matrix-vector kernels); the KV cache holds float32 keys and values for n_ctx positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.quant.decode import dequantize
+from lowbit.quant.gguffile import GGUFFile, open_gguf
+
+from .config import ModelConfig, ModelError, read_config
+from .kernels import QuantMatrix
+from .ops import ACTIVATIONS, apply_rope, attention, rms_norm, rope_tables
+
+
+class Linear:
+    """y = W x (+ b) for one weight matrix, choosing the kernel by the number of tokens."""
+
+    def __init__(self, matrix: QuantMatrix, bias: np.ndarray | None = None):
+        self.matrix = matrix
+        self.bias = bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = self.matrix.matvec(x[0])[None, :] if x.shape[0] == 1 else self.matrix.matmul(x)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    ffn_norm: np.ndarray
+    w_gate: Linear
+    w_up: Linear
+    w_down: Linear
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None
+    post_ffn_norm: np.ndarray | None = None
+
+
+class KVCache:
+    def __init__(self, cfg: ModelConfig, n_ctx: int):
+        shape = (cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim)
+        self.k = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        self.n_ctx = n_ctx
+        self.n_past = 0
+
+
+class Model:
+    def __init__(self, gguf: GGUFFile):
+        self.gguf = gguf
+        self.cfg = cfg = read_config(gguf)
+        self._embd = self._matrix("token_embd.weight")
+        out_name = "output.weight" if "output.weight" in gguf.tensors else "token_embd.weight"
+        self.output = Linear(self._matrix(out_name))
+        self.output_norm = self._vector("output_norm.weight")
+        self.layers = [self._layer(i) for i in range(cfg.n_layer)]
+        if self._embd.n_cols != cfg.n_embd:
+            raise ModelError(f"token_embd.weight has rows of {self._embd.n_cols}, "
+                             f"but the model's embedding length is {cfg.n_embd}")
+
+    @classmethod
+    def load(cls, path) -> "Model":
+        return cls(open_gguf(path))
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _need(self, name: str):
+        info = self.gguf.tensors.get(name)
+        if info is None:
+            raise ModelError(f"{self.gguf.path.name} has no tensor {name}, which a "
+                             f"{self.cfg.arch_name} model needs")
+        return info
+
+    def _matrix(self, name: str) -> QuantMatrix:
+        info = self._need(name)
+        if len(info.shape) != 2:
+            raise ModelError(f"tensor {name} should be a matrix, but has shape {info.shape}")
+        return QuantMatrix(self.gguf.raw(name), info.qtype, info.shape[0], info.shape[1], name)
+
+    def _vector(self, name: str, optional: bool = False) -> np.ndarray | None:
+        if optional and name not in self.gguf.tensors:
+            return None
+        info = self._need(name)
+        return dequantize(self.gguf.raw(name), info.qtype, info.shape).reshape(-1)
+
+    def _linear(self, name: str) -> Linear:
+        return Linear(self._matrix(name + ".weight"), self._vector(name + ".bias", optional=True))
+
+    def _layer(self, i: int) -> Layer:
+        p = f"blk.{i}."
+        return Layer(
+            attn_norm=self._vector(p + "attn_norm.weight"),
+            wq=self._linear(p + "attn_q"), wk=self._linear(p + "attn_k"),
+            wv=self._linear(p + "attn_v"), wo=self._linear(p + "attn_output"),
+            ffn_norm=self._vector(p + "ffn_norm.weight"),
+            w_gate=self._linear(p + "ffn_gate"), w_up=self._linear(p + "ffn_up"),
+            w_down=self._linear(p + "ffn_down"),
+            q_norm=self._vector(p + "attn_q_norm.weight", optional=True),
+            k_norm=self._vector(p + "attn_k_norm.weight", optional=True),
+            post_attn_norm=self._vector(p + "post_attention_norm.weight", optional=self.cfg.arch.post_norms is False),
+            post_ffn_norm=self._vector(p + "post_ffw_norm.weight", optional=self.cfg.arch.post_norms is False),
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        return KVCache(self.cfg, n_ctx)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        rows = self._embd.rows[tokens]
+        x = dequantize(rows, self._embd.qtype, (len(tokens), self.cfg.n_embd))
+        if self.cfg.arch.embed_scale:
+            x *= np.float32(np.sqrt(self.cfg.n_embd))
+        return x
+
+    def forward(self, tokens, cache: KVCache, logits_from: int | None = None) -> np.ndarray:
+        """Run `tokens` at positions cache.n_past.. and append them to the cache.
+
+        Returns logits (float32) for the tokens from index `logits_from` on (default: the last
+        token only), shape (T - logits_from, n_vocab).
+        """
+        cfg = self.cfg
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n_tokens = len(tokens)
+        pos0 = cache.n_past
+        if n_tokens == 0:
+            raise ModelError("no tokens to evaluate")
+        if pos0 + n_tokens > cache.n_ctx:
+            raise ModelError(f"the context is full: {pos0} + {n_tokens} tokens exceed n_ctx = {cache.n_ctx}")
+        if tokens.min() < 0 or tokens.max() >= self._embd.n_rows:
+            raise ModelError(f"token id out of range 0..{self._embd.n_rows - 1}")
+        positions = np.arange(pos0, pos0 + n_tokens)
+        ropes = {}
+        x = self.embed(tokens)
+        act = ACTIVATIONS[cfg.arch.activation]
+        hd = cfg.head_dim
+        for il, L in enumerate(self.layers):
+            base = cfg.layer_rope_base(il)
+            if base not in ropes:
+                ropes[base] = rope_tables(positions, cfg.rope_dims, base, cfg.rope_freq_scale)
+            cos, sin = ropes[base]
+            h = rms_norm(x, L.attn_norm, cfg.rms_eps)
+            q = L.wq(h).reshape(n_tokens, cfg.n_head, hd)
+            k = L.wk(h).reshape(n_tokens, cfg.n_head_kv, hd)
+            v = L.wv(h).reshape(n_tokens, cfg.n_head_kv, hd)
+            if L.q_norm is not None:
+                q = rms_norm(q, L.q_norm, cfg.rms_eps)
+            if L.k_norm is not None:
+                k = rms_norm(k, L.k_norm, cfg.rms_eps)
+            apply_rope(q, cos, sin, cfg.arch.rope_neox)
+            apply_rope(k, cos, sin, cfg.arch.rope_neox)
+            cache.k[il, pos0:pos0 + n_tokens] = k
+            cache.v[il, pos0:pos0 + n_tokens] = v
+            window = cfg.sliding_window if cfg.is_sliding(il) else 0
+            a = attention(q, cache.k[il, :pos0 + n_tokens], cache.v[il, :pos0 + n_tokens], pos0,
+                          cfg.attn_scale, window)
+            o = L.wo(a)
+            if L.post_attn_norm is not None:
+                o = rms_norm(o, L.post_attn_norm, cfg.rms_eps)
+            x = x + o
+            h = rms_norm(x, L.ffn_norm, cfg.rms_eps)
+            f = L.w_down(act(L.w_gate(h)) * L.w_up(h))
+            if L.post_ffn_norm is not None:
+                f = rms_norm(f, L.post_ffn_norm, cfg.rms_eps)
+            x = x + f
+        cache.n_past = pos0 + n_tokens
+        start = n_tokens - 1 if logits_from is None else logits_from
+        h = rms_norm(x[start:], self.output_norm, cfg.rms_eps)
+        return self.output(h)
