@@ -152,6 +152,9 @@ class _BPE:
                                  f"{', '.join(sorted(PRE_TOKENIZERS))}")
         vocab = {t: i for i, t in enumerate(tokens)}
         pairs = [tuple(m.split(" ", 1)) for m in merges]
+        bad = next((m for m, p in zip(merges, pairs) if len(p) != 2), None)
+        if bad is not None:
+            raise TokenizerError(f"the BPE merge {bad!r} in tokenizer.ggml.merges is not two tokens")
         self._hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=False))
         splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZERS[pre]]
         self._hf.pre_tokenizer = pre_tokenizers.Sequence(

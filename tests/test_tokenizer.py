@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from lowbit.quant.gguffile import open_gguf
+from lowbit.runtime.tokenizer import Tokenizer, TokenizerError
+
+from conftest import real_model
+from synthetic import build_model
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = build_model(tmp_path_factory.mktemp("tok") / "tiny.gguf", n_layer=1)
+    return Tokenizer(open_gguf(path).metadata)
+
+
+def test_bpe_round_trip_and_merges(tiny):
+    text = "the cat sat on 123 mats, and then ate. Über café! \n\n  spaces"
+    ids = tiny.encode(text)
+    assert tiny.decode(ids) == text
+    assert tiny.tokens[ids[0]] == "the"[:2] or tiny.tokens[ids[0]] in ("t", "th", "the")
+    assert "Ġthe" in [tiny.tokens[i] for i in tiny.encode("a the")]
+    # smollm pre-tokenizer: every digit is its own piece
+    assert [tiny.tokens[i] for i in tiny.encode("123")] == ["1", "2", "3"]
+
+
+def test_control_tokens_only_with_parse_special(tiny):
+    text = "<|im_start|>user"
+    plain = tiny.encode(text)
+    special = tiny.encode(text, parse_special=True)
+    assert special[0] == tiny.tokens.index("<|im_start|>")
+    assert tiny.tokens.index("<|im_start|>") not in plain
+    assert tiny.decode(special) == "user" and tiny.decode(special, special=True) == text
+
+
+def test_unknown_pre_tokenizer_and_model_are_refused(tmp_path):
+    meta = dict(open_gguf(build_model(tmp_path / "m.gguf", n_layer=1)).metadata)
+    with pytest.raises(TokenizerError, match="pre-tokenizer 'klingon' is not supported"):
+        Tokenizer({**meta, "tokenizer.ggml.pre": "klingon"})
+    with pytest.raises(TokenizerError, match="tokenizer model 'rwkv' is not supported"):
+        Tokenizer({**meta, "tokenizer.ggml.model": "rwkv"})
+    with pytest.raises(TokenizerError, match="no tokenizer"):
+        Tokenizer({})
+
+
+@pytest.mark.real
+def test_smollm2_ids_equal_llama_cpp_on_all_of_wiki_test():
+    tok = Tokenizer(open_gguf(real_model("smollm2-135m")).metadata)
+    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
+    want = json.loads(gzip.open(DATA / "wiki.test.smollm2-135m.ids.gz").read())
+    got = tok.encode(text)
+    assert len(got) == len(want) == 303415
+    assert got == want
+    assert tok.decode(got) == text
