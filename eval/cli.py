@@ -93,7 +93,7 @@ def cmd_perplexity(args) -> int:
                           "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}))
     else:
         print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running)))
-        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}")
+        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", flush=True)
         print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
               file=sys.stderr)
     return 0
