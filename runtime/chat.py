@@ -14,9 +14,11 @@ from .tokenizer import Tokenizer
 # Used when a file carries no tokenizer.chat_template, as llama.cpp falls back to ChatML.
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-GEMMA = ("{{ bos_token }}{% for m in messages %}{% set role = 'model' if m.role == 'assistant' else 'user' %}"
-         "{% if m.role == 'system' %}<start_of_turn>user\n{{ m.content }}\n\n{% else %}"
-         "<start_of_turn>{{ role }}\n{{ m.content }}<end_of_turn>\n{% endif %}{% endfor %}"
+# Gemma's turn format; a system prompt is folded into the first user turn, as Gemma's own does.
+GEMMA = ("{{ bos_token }}{% set sys = messages[0].content + '\\n\\n' if messages and messages[0].role == 'system' "
+         "else '' %}{% for m in (messages[1:] if sys else messages) %}"
+         "<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+         "{{ (sys if loop.first else '') + m.content }}<end_of_turn>\n{% endfor %}"
          "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 FALLBACK_TEMPLATES = {"gemma3": GEMMA}
 

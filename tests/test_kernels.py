@@ -79,3 +79,15 @@ def test_bad_weight_buffers_are_refused_before_any_kernel_runs(qtype):
         QuantMatrix(np.zeros(4096, np.uint8), qtype, 2, qtype.block_size + 1)
     with pytest.raises(ValueError, match="needs"):
         QuantMatrix(np.zeros(qtype.type_size * 3, np.uint8), qtype, 2, 2 * qtype.block_size)
+
+
+@type_params([t for t in ALL_TYPES if t.name in __import__("lowbit.runtime.kernels.specialized",
+                                                                fromlist=["MATVEC"]).MATVEC])
+def test_specialized_matvec_equals_generic(qtype, rng):
+    from lowbit.runtime.kernels.fused import generic_matvec_kernel
+    m = matrix_of(qtype, rng, n_rows=13, n_cols=640)
+    x = rng.standard_normal(m.n_cols).astype(np.float32)
+    generic = np.empty(m.n_rows, np.float32)
+    generic_matvec_kernel(qtype)(m.rows, x, m._chunk, generic)
+    np.testing.assert_allclose(m.matvec(x), generic, rtol=1e-5, atol=1e-5)
+    assert_close_to_reference(m.matvec(x), m.dequantize(), x)

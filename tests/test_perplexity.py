@@ -59,3 +59,12 @@ def test_smollm2_perplexity_matches_the_exact_weights_reference(chunks, referenc
     res = perplexity(model, tok, text, n_ctx=512, n_chunks=chunks)
     assert res.n_scored == 255 * chunks
     assert res.ppl == pytest.approx(reference, rel=0.002)
+
+
+@pytest.mark.real
+def test_gemma3_perplexity_matches_the_exact_weights_reference():
+    model = Model.load(real_model("gemma3-270m"))
+    tok = Tokenizer(model.gguf.metadata)
+    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
+    res = perplexity(model, tok, text, n_ctx=512, n_chunks=2)
+    assert res.ppl == pytest.approx(15.565, rel=0.002)

@@ -4,6 +4,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lowbit.quant.gguffile import open_gguf
@@ -57,5 +58,52 @@ def test_smollm2_ids_equal_llama_cpp_on_all_of_wiki_test():
     want = json.loads(gzip.open(DATA / "wiki.test.smollm2-135m.ids.gz").read())
     got = tok.encode(text)
     assert len(got) == len(want) == 303415
+    assert got == want
+    assert tok.decode(got) == text
+
+
+def spm_metadata(add_space_prefix=False):
+    """A small SentencePiece vocabulary: controls, user-defined runs of spaces, bytes, merges."""
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "  ", "   ", "\n"]
+    types = [3, 3, 3, 3, 4, 4, 4]
+    pieces += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    normal = ["▁", "t", "h", "e", "c", "a", "s", "▁t", "he", "▁the", "at", "▁c", "▁cat", "▁s", "▁sat"]
+    pieces += normal
+    types += [1] * len(normal)
+    scores = [0.0] * (len(pieces) - len(normal)) + [-float(i) for i in range(len(normal))]
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+            "tokenizer.ggml.token_type": np.array(types, dtype=np.int32),
+            "tokenizer.ggml.scores": np.array(scores, dtype=np.float32),
+            "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
+            "tokenizer.ggml.unknown_token_id": 3, "tokenizer.ggml.add_bos_token": True,
+            "tokenizer.ggml.add_space_prefix": add_space_prefix}
+
+
+def test_spm_merges_user_defined_spaces_and_byte_fallback():
+    tok = Tokenizer(spm_metadata())
+    ids = tok.encode("the cat  sat\né")
+    pieces = [tok.tokens[i] for i in ids]
+    # BOS added; "the" merges to one piece only with a leading space, so not at the start
+    assert pieces[0] == "<bos>"
+    assert "▁cat" in pieces and "  " in pieces and "\n" in pieces
+    assert pieces[-2:] == ["<0xC3>", "<0xA9>"]  # é is not in the vocabulary: UTF-8 bytes
+    assert tok.decode(ids) == "the cat  sat\né"
+
+
+def test_spm_space_prefix():
+    tok = Tokenizer(spm_metadata(add_space_prefix=True))
+    ids = tok.encode("the cat", add_special=False)
+    assert [tok.tokens[i] for i in ids] == ["▁the", "▁cat"]
+    assert tok.decode(ids) == "the cat"
+
+
+@pytest.mark.real
+def test_gemma3_ids_equal_llama_cpp_on_all_of_wiki_test():
+    tok = Tokenizer(open_gguf(real_model("gemma3-270m")).metadata)
+    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
+    want = json.loads(gzip.open(DATA / "wiki.test.gemma3-270m.ids.gz").read())
+    got = tok.encode(text)
+    assert len(got) == len(want) == 295216 and got[0] == tok.bos_id
     assert got == want
     assert tok.decode(got) == text

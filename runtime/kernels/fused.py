@@ -22,6 +22,13 @@ ROWS = 4  # rows per task: the matmul tile height, and the matvec scheduling gra
 
 @lru_cache(maxsize=None)
 def matvec_kernel(qtype: QuantType):
+    """The matrix-vector kernel for qtype: a specialized one if there is one, else generic."""
+    from .specialized import MATVEC
+    return MATVEC.get(qtype.name) or generic_matvec_kernel(qtype)
+
+
+@lru_cache(maxsize=None)
+def generic_matvec_kernel(qtype: QuantType):
     decode = qtype.decode_block
     block_size, type_size = qtype.block_size, qtype.type_size
 
