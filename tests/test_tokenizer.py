@@ -107,3 +107,16 @@ def test_gemma3_ids_equal_llama_cpp_on_all_of_wiki_test():
     assert len(got) == len(want) == 295216 and got[0] == tok.bos_id
     assert got == want
     assert tok.decode(got) == text
+
+
+@pytest.mark.parametrize("pre, pieces", [
+    ("smollm", ["1", "2", "3", "4", "5", "Ġabc", "!!"]),
+    ("gpt2", ["12345", "Ġabc", "!!"]),
+    ("llama-bpe", ["123", "45", "Ġabc", "!!"]),
+    ("qwen2", ["1", "2", "3", "4", "5", "Ġabc", "!!"]),
+    ("default", ["123", "45", "Ġabc", "!!"]),
+])
+def test_pre_tokenizers_split_as_llama_cpp(tiny, pre, pieces):
+    from lowbit.runtime.tokenizer import _BPE
+    backend = _BPE(tiny.tokens, [], pre)
+    assert [p for p, _ in backend._hf.pre_tokenizer.pre_tokenize_str("12345 abc!!")] == pieces
