@@ -23,6 +23,10 @@ class QuantType:
     # the float32 array y. Quantized types decode exactly one block (len(y) == block_size); the
     # float types (block_size 1) decode len(y) consecutive values.
     decode_block: Callable
+    # encode_row(x, imp, out): njit; encodes one row x (float32[n_cols]) into out (uint8[row_bytes]).
+    # imp is the per-column importance (float32[n_cols], mean squared activations from an
+    # importance matrix) or an empty array when there is none. None: lowbit cannot encode it yet.
+    encode_row: Callable | None = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -49,11 +53,11 @@ _BY_NAME: dict[str, QuantType] = {}
 _BY_ID: dict[int, QuantType] = {}
 
 
-def register(name: str, family: str, decode_block: Callable) -> QuantType:
+def register(name: str, family: str, decode_block: Callable, encode_row: Callable | None = None) -> QuantType:
     """Register a type; block and type sizes come from the gguf package, the format's authority."""
     ggml = GGMLQuantizationType[name]
     block_size, type_size = GGML_QUANT_SIZES[ggml]
-    qtype = QuantType(name, int(ggml), block_size, type_size, family, decode_block)
+    qtype = QuantType(name, int(ggml), block_size, type_size, family, decode_block, encode_row)
     assert name not in _BY_NAME and qtype.ggml_id not in _BY_ID, name
     _BY_NAME[name] = qtype
     _BY_ID[qtype.ggml_id] = qtype
