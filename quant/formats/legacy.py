@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from ..bits import f16, u32
+from ..encode_helpers import nearest_int, put_f16
 from ..types import register
 
 
@@ -70,8 +71,23 @@ def decode_q8_0(w, o, y):
         y[j] = np.float32(np.int8(w[o + 2 + j])) * d
 
 
+@njit
+def encode_q8_0(x, imp, out):
+    # Round to nearest on the symmetric grid d * [-127, 127]; importance cannot change the
+    # optimum by much at 8 bits, so, as ggml, it is not used.
+    for b in range(x.shape[0] // 32):
+        o = b * 34
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[b * 32 + j]))
+        d = put_f16(out, o, amax / np.float32(127.0))
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        for j in range(32):
+            out[o + 2 + j] = np.uint8(nearest_int(x[b * 32 + j] * inv) & 0xFF)
+
+
 Q4_0 = register("Q4_0", "legacy", decode_q4_0)
 Q4_1 = register("Q4_1", "legacy", decode_q4_1)
 Q5_0 = register("Q5_0", "legacy", decode_q5_0)
 Q5_1 = register("Q5_1", "legacy", decode_q5_1)
-Q8_0 = register("Q8_0", "legacy", decode_q8_0)
+Q8_0 = register("Q8_0", "legacy", decode_q8_0, encode_q8_0)
