@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from ..bits import f16
+from ..encode_helpers import nearest_int, put_f16, round_to_f16
 from ..types import register
 
 
@@ -120,8 +121,263 @@ def decode_q6_k(w, o, y):
             y[i] = dl * np.float32((lo | (hi << 4)) - 32)
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Encoders.
+#
+# All five share one shape: fit each sub-block on its own (a scale, plus a min for the
+# affine types Q2_K/Q4_K/Q5_K), quantize those per-sub-block values with the super-block
+# scale(s) d (and dmin), then alternate two exact steps on the f16-rounded super scales:
+#   * per sub-block, try the integer scale (and min) codes around the ideal ones and requantize
+#     the weights for each, keeping the code pair of least weighted error;
+#   * refit d (and dmin) by weighted least squares given all integer codes and quants.
+# The weights are the importance itself (the error that counts), or 1 without importance.
+
+@njit(inline="always")
+def _block_weights(x, imp, o, n, w):
+    """Weights of block x[o:o+n] into w: the importance, floored so no weight is exactly 0."""
+    if imp.shape[0] == 0:
+        for i in range(n):
+            w[i] = np.float32(1.0)
+        return
+    top = np.float32(0.0)
+    for i in range(n):
+        top = max(top, imp[o + i])
+    floor = top * np.float32(1e-6) if top > 0 else np.float32(1.0)
+    for i in range(n):
+        w[i] = max(imp[o + i], floor)
+
+
+@njit(inline="always")
+def _clamp_round(v, lo, hi):
+    return min(hi, max(lo, nearest_int(v)))
+
+
+# --- affine sub-blocks: x ~ a*L - b with L in [0, nmax], b >= 0 (Q2_K, Q4_K, Q5_K) ---
+
+@njit
+def _affine_error(x, w, s, n, a, b, nmax, L):
+    """Quantize x[s:s+n] for value a*L - b (a, b already as the decoder computes them)."""
+    err = np.float32(0.0)
+    inv = np.float32(1.0) / a if a > 0 else np.float32(0.0)
+    for i in range(s, s + n):
+        l = _clamp_round((x[i] + b) * inv, 0, nmax)
+        L[i] = l
+        e = a * np.float32(l) - b - x[i]
+        err += w[i] * e * e
+    return err
+
+
+@njit
+def _affine_lsq(x, w, s, n, L):
+    """Weighted least squares (a, b) for x ~ a*L - b with b >= 0; (0, 0) if degenerate."""
+    sw = sl = sl2 = sx = sxl = 0.0
+    for i in range(s, s + n):
+        l = float(L[i])
+        sw += w[i]
+        sl += w[i] * l
+        sl2 += w[i] * l * l
+        sx += w[i] * x[i]
+        sxl += w[i] * x[i] * l
+    det = sw * sl2 - sl * sl
+    if det > 0:
+        a = (sw * sxl - sx * sl) / det
+        c = (sl2 * sx - sl * sxl) / det  # x ~ a*L + c
+        if c <= 0 and a > 0:
+            return a, -c
+    if sl2 > 0 and sxl > 0:
+        return sxl / sl2, 0.0
+    return 0.0, 0.0
+
+
+@njit
+def _fit_affine(x, w, s, n, nmax, L, Lt):
+    """Best (a, b) for one sub-block: a scan of step sizes, each refit by least squares."""
+    xmin = np.float32(0.0)
+    xmax = x[s]
+    for i in range(s, s + n):
+        xmin = min(xmin, x[i])
+        xmax = max(xmax, x[i])
+    if xmax <= xmin:
+        for i in range(s, s + n):
+            L[i] = 0
+        return 0.0, float(-xmin)
+    best_a = float((xmax - xmin) / nmax)
+    best_b = float(-xmin)
+    best = _affine_error(x, w, s, n, np.float32(best_a), np.float32(best_b), nmax, L)
+    nstep = 24
+    for k in range(nstep + 1):
+        # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
+        steps = nmax - 1.0 + 2.4 * k / nstep
+        a0 = np.float32((xmax - xmin) / steps)
+        _affine_error(x, w, s, n, a0, -xmin, nmax, Lt)
+        for _ in range(3):  # Lloyd: refit, requantize, until the quants settle
+            a, b = _affine_lsq(x, w, s, n, Lt)
+            if a <= 0:
+                break
+            err = _affine_error(x, w, s, n, np.float32(a), np.float32(b), nmax, Lt)
+            if err < best:
+                best, best_a, best_b = err, a, b
+                for i in range(s, s + n):
+                    L[i] = Lt[i]
+            else:
+                break
+    return best_a, best_b
+
+
+@njit
+def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc, mn, L, Lt):
+    """Per sub-block, the integer (scale, min) codes near ideal / (d, dm) of least error."""
+    total = np.float32(0.0)
+    for j in range(nsub):
+        s = j * sub
+        rs = _clamp_round(ideal_a[j] / d, 0, smax) if d > 0 else 0
+        rm = _clamp_round(ideal_b[j] / dm, 0, smax) if dm > 0 else 0
+        best = np.float32(np.inf)
+        for cs in range(max(0, rs - 1), min(smax, rs + 1) + 1):
+            for cm in range(max(0, rm - 1), min(smax, rm + 1) + 1):
+                err = _affine_error(x, w, s, sub, d * np.float32(cs), dm * np.float32(cm), nmax, Lt)
+                if err < best:
+                    best = err
+                    sc[j] = cs
+                    mn[j] = cm
+                    for i in range(s, s + sub):
+                        L[i] = Lt[i]
+        total += best
+    return total
+
+
+@njit
+def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
+    """Least squares (d, dmin) for x ~ d*sc*L - dmin*m over the super-block."""
+    saa = sab = sbb = sax = sbx = 0.0
+    for j in range(nsub):
+        for i in range(j * sub, j * sub + sub):
+            a = float(sc[j] * L[i])
+            b = float(mn[j])
+            saa += w[i] * a * a
+            sab += w[i] * a * b
+            sbb += w[i] * b * b
+            sax += w[i] * a * x[i]
+            sbx += w[i] * b * x[i]
+    # minimize sum w (d a - m b - x)^2: [saa -sab; -sab sbb] [d; m] = [sax; -sbx]
+    det = saa * sbb - sab * sab
+    if det > 0:
+        d = (sax * sbb - sab * sbx) / det
+        m = (sab * sax - saa * sbx) / det
+        if m >= 0 and d > 0:
+            return d, m
+    if saa > 0:
+        return sax / saa, 0.0
+    return 0.0, 0.0
+
+
+@njit
+def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
+    """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin)."""
+    n = nsub * sub
+    Lt = np.empty(n, np.int32)
+    ideal_a = np.empty(nsub, np.float64)
+    ideal_b = np.empty(nsub, np.float64)
+    amax = bmax = 0.0
+    for j in range(nsub):
+        ideal_a[j], ideal_b[j] = _fit_affine(x, w, j * sub, sub, nmax, L, Lt)
+        amax = max(amax, ideal_a[j])
+        bmax = max(bmax, ideal_b[j])
+    sc_t = np.empty(nsub, np.int32)
+    mn_t = np.empty(nsub, np.int32)
+    L_t = np.empty(n, np.int32)
+    best = np.float32(np.inf)
+    best_d = best_dm = np.float32(0.0)
+    d = round_to_f16(amax / smax)
+    dm = round_to_f16(bmax / smax)
+    for _ in range(4):
+        err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b,
+                                 sc_t, mn_t, L_t, Lt)
+        if err < best:
+            best, best_d, best_dm = err, d, dm
+            sc[:] = sc_t
+            mn[:] = mn_t
+            L[:] = L_t
+        else:
+            break
+        d_new, dm_new = _refit_d_dmin(x, w, nsub, sub, sc_t, mn_t, L_t)
+        if d_new <= 0:
+            break
+        d = round_to_f16(d_new)
+        dm = round_to_f16(dm_new)
+    return best_d, best_dm
+
+
+
+# --- packing (the inverses of crumb / high_bit / nibble / scale_min_k4); bytes start zeroed ---
+
+@njit(inline="always")
+def put_crumb(out, at, i, v):
+    half, r = divmod(i, 128)
+    out[at + half * 32 + r % 32] |= np.uint8(v << (2 * (r // 32)))
+
+
+@njit(inline="always")
+def put_high_bit(out, at, i, v):
+    out[at + i % 32] |= np.uint8(v << (i // 32))
+
+
+@njit(inline="always")
+def put_nibble(out, at, i, v):
+    group, r = divmod(i, 64)
+    out[at + group * 32 + r % 32] |= np.uint8(v << (4 * (r // 32)))
+
+
+@njit(inline="always")
+def put_scale_min_k4(out, at, sc, mn):
+    """Pack 8 six-bit scales and mins into the 12 bytes at `at`."""
+    for j in range(4):
+        out[at + j] = np.uint8((sc[j] & 63) | ((sc[j + 4] >> 4) << 6))
+        out[at + j + 4] = np.uint8((mn[j] & 63) | ((mn[j + 4] >> 4) << 6))
+        out[at + j + 8] = np.uint8((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4))
+
+
+@njit(inline="always")
+def _zero(out, o, n):
+    for i in range(o, o + n):
+        out[i] = 0
+
+
+@njit
+def _encode_q45_k(x, imp, out, nmax, block_bytes):
+    w = np.empty(256, np.float32)
+    sc = np.empty(8, np.int32)
+    mn = np.empty(8, np.int32)
+    L = np.empty(256, np.int32)
+    for b in range(x.shape[0] // 256):
+        o = b * block_bytes
+        xb = x[b * 256:b * 256 + 256]
+        _block_weights(x, imp, b * 256, 256, w)
+        d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L)
+        _zero(out, o, block_bytes)
+        put_f16(out, o, d)
+        put_f16(out, o + 2, dm)
+        put_scale_min_k4(out, o + 4, sc, mn)
+        qs_at = o + 16 if nmax == 15 else o + 48
+        for i in range(256):
+            put_nibble(out, qs_at, i, L[i] & 15)
+            if nmax == 31:
+                put_high_bit(out, o + 16, i, L[i] >> 4)
+
+
+@njit
+def encode_q4_k(x, imp, out):
+    _encode_q45_k(x, imp, out, 15, 144)
+
+
+@njit
+def encode_q5_k(x, imp, out):
+    _encode_q45_k(x, imp, out, 31, 176)
+
+
 Q2_K = register("Q2_K", "k", decode_q2_k)
 Q3_K = register("Q3_K", "k", decode_q3_k)
-Q4_K = register("Q4_K", "k", decode_q4_k)
-Q5_K = register("Q5_K", "k", decode_q5_k)
+Q4_K = register("Q4_K", "k", decode_q4_k, encode_q4_k)
+Q5_K = register("Q5_K", "k", decode_q5_k, encode_q5_k)
 Q6_K = register("Q6_K", "k", decode_q6_k)
