@@ -376,7 +376,26 @@ def encode_q5_k(x, imp, out):
     _encode_q45_k(x, imp, out, 31, 176)
 
 
-Q2_K = register("Q2_K", "k", decode_q2_k)
+@njit
+def encode_q2_k(x, imp, out):
+    w = np.empty(256, np.float32)
+    sc = np.empty(16, np.int32)
+    mn = np.empty(16, np.int32)
+    L = np.empty(256, np.int32)
+    for b in range(x.shape[0] // 256):
+        o = b * 84
+        _block_weights(x, imp, b * 256, 256, w)
+        d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L)
+        _zero(out, o, 84)
+        for j in range(16):
+            out[o + j] = np.uint8(sc[j] | (mn[j] << 4))
+        for i in range(256):
+            put_crumb(out, o + 16, i, L[i])
+        put_f16(out, o + 80, d)
+        put_f16(out, o + 82, dm)
+
+
+Q2_K = register("Q2_K", "k", decode_q2_k, encode_q2_k)
 Q3_K = register("Q3_K", "k", decode_q3_k)
 Q4_K = register("Q4_K", "k", decode_q4_k, encode_q4_k)
 Q5_K = register("Q5_K", "k", decode_q5_k, encode_q5_k)
