@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from lowbit.quant.gguffile import GGUFError, open_gguf
 
@@ -171,6 +172,79 @@ def cmd_chat(args) -> int:
             print(f"[{n} tokens, {n / secs:.1f} tokens/s]", file=sys.stderr)
 
 
+def progress_bar(desc: str, total=None, unit="it", disable=False):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable or not sys.stderr.isatty(),
+                unit_scale=True, dynamic_ncols=True)
+
+
+def cmd_imatrix(args) -> int:
+    from lowbit.quant import imatrix as imx
+    from .imatrix_collect import collect_imatrix
+
+    set_threads(args.threads)
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise UsageError(f"the output directory {out.parent} does not exist")
+    text = read_text(args.file)
+    model, tokenizer = load_model(args.model)
+    bar = progress_bar("imatrix", unit="chunk")
+
+    def step(i, n):
+        bar.total = n
+        bar.update(1)
+
+    im = collect_imatrix(model, tokenizer, text, args.file, args.ctx_size, args.chunks,
+                         args.process_output, on_chunk=step)
+    bar.close()
+    imx.save(im, out, legacy=args.legacy)
+    print(f"wrote {out}: {len(im)} matrices, {im.chunk_count} chunks of {im.chunk_size} tokens "
+          f"from {args.file}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from lowbit.quant import imatrix as imx
+    from lowbit.quant.gguffile import open_gguf
+    from lowbit.quant.quantize_model import quantize_model
+    from lowbit.quant.recipes import PlanOptions
+    from .model_store import resolve_model
+
+    set_threads(args.threads)
+    src = open_gguf(resolve_model(args.input))
+    if not args.dry_run:
+        out = Path(args.output)
+        if not out.parent.exists():
+            raise UsageError(f"the output directory {out.parent} does not exist")
+        if out.resolve() == src.path.resolve():
+            raise UsageError("the output would overwrite the input")
+    overrides = []
+    for spec in args.tensor_type or []:
+        if "=" not in spec:
+            raise UsageError(f"--tensor-type takes REGEX=TYPE, not {spec!r}")
+        rx, t = spec.rsplit("=", 1)
+        overrides.append((rx, t))
+    im = imx.load(args.imatrix) if args.imatrix else None
+    opts = PlanOptions(args.type, pure=args.pure, output_type=args.output_tensor_type,
+                       token_embedding_type=args.token_embedding_type, overrides=overrides)
+    total = sum(t.n_elements for t in src.tensors.values())
+    bar = progress_bar(f"quantize {args.type}", total=total, unit="w", disable=args.dry_run)
+    summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
+                             args.imatrix, progress=bar.update)
+    bar.close()
+    if args.dry_run:
+        for c in summary.choices:
+            t = src.tensors[c.name]
+            shape = " x ".join(map(str, t.shape))
+            print(f"{c.name:<32} {shape:>14}  {t.qtype.name:>7} -> {c.qtype.name:<8} {c.reason}")
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.type_counts.items(), key=lambda kv: -kv[1]))
+    size = summary.file_bytes or summary.n_bytes
+    print(f"{'plan' if args.dry_run else 'wrote ' + args.output}: {size / 2**20:.2f} MiB, "
+          f"{summary.bpw:.3f} bits per weight over {summary.n_params:,} weights ({counts}); "
+          f"{summary.seconds:.1f} s")
+    return 0
+
+
 def add_sampling_args(s) -> None:
     s.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default 0.8)")
     s.add_argument("--top-k", type=int, default=40)
@@ -216,6 +290,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-s", "--system", default=None, help="system prompt")
     add_sampling_args(s)
     s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("imatrix", help="collect an importance matrix over calibration text")
+    s.add_argument("model")
+    s.add_argument("-f", "--file", required=True, help="calibration text (e.g. wiki.valid.raw)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-c", "--ctx-size", type=int, default=512)
+    s.add_argument("--chunks", type=int, default=None)
+    s.add_argument("--process-output", action="store_true", help="include the output matrix")
+    s.add_argument("--legacy", action="store_true", help="write the legacy .dat format")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    s.set_defaults(func=cmd_imatrix)
+
+    s = sub.add_parser("quantize", help="quantize a model to a type or a llama.cpp preset",
+                       epilog="--tensor-type patterns are searched in each tensor name in the order "
+                              "given; the first match wins and overrides the preset's rules.")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("type", help="a GGML type (Q4_K, IQ2_XXS, ...) or a preset (Q4_K_M, IQ2_M, ...)")
+    s.add_argument("--imatrix", help="importance matrix (GGUF or legacy .dat)")
+    s.add_argument("--pure", action="store_true", help="every quantizable tensor gets TYPE (no rules)")
+    s.add_argument("--allow-requantize", action="store_true", help="allow a quantized source")
+    s.add_argument("--output-tensor-type")
+    s.add_argument("--token-embedding-type")
+    s.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE")
+    s.add_argument("--dry-run", action="store_true", help="print the per-tensor plan and size only")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("models", help="list or pull the known real models")
     s.add_argument("action", choices=["list", "pull"])

@@ -66,6 +66,8 @@ class GGUFFile:
     tensors: dict[str, TensorInfo]
     data_offset: int
     _map: Any = field(repr=False, default=None)
+    # key -> (GGUF value type, array item type or None), so the metadata can be written back
+    metadata_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -98,6 +100,7 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.last_item_type = None
 
     def take(self, n: int, what: str) -> memoryview:
         end = self.pos + n
@@ -131,6 +134,7 @@ class _Cursor:
             return self.string(what)
         if vtype == _ARRAY:
             item_type = self.u32(f"the item type of {what}")
+            self.last_item_type = item_type
             count = self.u64(f"the length of {what}")
             if item_type in _SCALARS:
                 dt = _SCALARS[item_type]
@@ -172,9 +176,12 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
         raise GGUFError(f"{path} is corrupt: it claims {n_tensors} tensors and {n_kv} metadata keys")
 
     metadata: dict[str, Any] = {}
+    types: dict[str, tuple[int, int | None]] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
-        metadata[key] = cur.value(cur.u32(f"the type of {key}"), f"metadata {key}")
+        vtype = cur.u32(f"the type of {key}")
+        metadata[key] = cur.value(vtype, f"metadata {key}")
+        types[key] = (vtype, cur.last_item_type if vtype == _ARRAY else None)
 
     infos = []
     for i in range(n_tensors):
@@ -211,4 +218,4 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
             raise GGUFError(f"{path} is corrupt: tensor {name} appears twice")
         tensors[name] = TensorInfo(name, shape, qtype, start, n_bytes)
 
-    return GGUFFile(path, version, metadata, tensors, data_offset, buf)
+    return GGUFFile(path, version, metadata, tensors, data_offset, buf, types)

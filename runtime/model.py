@@ -18,13 +18,24 @@ from .ops import ACTIVATIONS, apply_rope, attention, rms_norm, rope_tables
 
 
 class Linear:
-    """y = W x (+ b) for one weight matrix, choosing the kernel by the number of tokens."""
+    """y = W x (+ b) for one weight matrix, choosing the kernel by the number of tokens.
+
+    observer(name, x), when set, sees every batch of activations entering the matrix (this is
+    how importance matrices are collected).
+    """
 
     def __init__(self, matrix: QuantMatrix, bias: np.ndarray | None = None):
         self.matrix = matrix
         self.bias = bias
+        self.observer = None
+
+    @property
+    def name(self) -> str:
+        return self.matrix.name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.observer is not None:
+            self.observer(self.name, x)
         y = self.matrix.matvec(x[0])[None, :] if x.shape[0] == 1 else self.matrix.matmul(x)
         if self.bias is not None:
             y += self.bias
@@ -112,6 +123,10 @@ class Model:
             post_attn_norm=self._vector(p + "post_attention_norm.weight", optional=self.cfg.arch.post_norms is False),
             post_ffn_norm=self._vector(p + "post_ffw_norm.weight", optional=self.cfg.arch.post_norms is False),
         )
+
+    def linears(self, include_output: bool = False) -> list[Linear]:
+        found = [lin for L in self.layers for lin in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)]
+        return found + [self.output] if include_output else found
 
     # -- running -----------------------------------------------------------------------------
 

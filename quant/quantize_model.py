@@ -1,0 +1,150 @@
+"""Quantizing a whole GGUF model: plan the types, encode every tensor, write the new file."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .decode import dequantize
+from .encode import quantize
+from .gguffile import GGUFFile
+from .imatrix import ImportanceMatrix
+from .recipes import NEEDS_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError, plan, resolve_target
+from .writer import TensorSpec, write_gguf
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+class QuantizeError(ValueError):
+    pass
+
+
+@dataclass
+class QuantizeSummary:
+    choices: list[Choice]
+    n_params: int
+    n_bytes: int
+    file_bytes: int = 0
+    seconds: float = 0.0
+    type_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.n_bytes / self.n_params if self.n_params else 0.0
+
+
+def model_shape(src: GGUFFile) -> ModelShape:
+    n_head = int(src.arch_key("attention.head_count", 1) or 1)
+    n_kv = int(src.arch_key("attention.head_count_kv", n_head) or n_head)
+    return ModelShape(n_layer=int(src.arch_key("block_count", 0) or 0),
+                      n_gqa=max(1, n_head // max(1, n_kv)),
+                      has_output="output.weight" in src.tensors)
+
+
+def make_plan(src: GGUFFile, opts: PlanOptions) -> list[Choice]:
+    tensors = [(n, t.shape) for n, t in src.tensors.items()]
+    return plan(tensors, model_shape(src), opts)
+
+
+def check_imatrix(src: GGUFFile, choices: list[Choice], im: ImportanceMatrix) -> None:
+    matched = 0
+    for c in choices:
+        imp = im.importance(c.name)
+        if imp is None:
+            continue
+        n_cols = src.tensors[c.name].n_cols
+        if imp.size != n_cols:
+            raise QuantizeError(f"the importance matrix entry {c.name} has {imp.size} columns but the "
+                                f"tensor has {n_cols}: the importance matrix is for another model")
+        matched += 1
+    if matched == 0:
+        raise QuantizeError("no entry of the importance matrix names a tensor of this model: "
+                            "it is for another model")
+
+
+def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: ImportanceMatrix | None,
+               allow_requantize: bool) -> None:
+    changed = [c for c in choices if c.qtype.name != src.tensors[c.name].qtype.name]
+    for c in changed:
+        t = src.tensors[c.name]
+        if not t.qtype.is_float and not allow_requantize:
+            raise QuantizeError(f"{src.path.name} is already quantized ({c.name} is {t.qtype.name}); "
+                                f"pass --allow-requantize to quantize it again")
+    q2k_s = resolve_target(opts.target)[0].name == "Q2_K_S"
+    for c in changed:
+        needs = c.qtype.name in NEEDS_IMATRIX or (q2k_s and c.qtype.name == "Q2_K" and c.name != "token_embd.weight")
+        if needs and (im is None or im.importance(c.name) is None):
+            raise QuantizeError(f"{c.qtype.name} (for {c.name}) needs an importance matrix, as in "
+                                f"llama.cpp: pass --imatrix FILE (make one with `lowbit imatrix`)")
+    for c in changed:
+        if c.qtype.encode_row is None and c.qtype.name != "F32":
+            raise QuantizeError(f"lowbit cannot encode {c.qtype.name} yet (needed for {c.name})")
+
+
+def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress):
+    t = src.tensors[choice.name]
+
+    def produce():
+        if choice.qtype.name == t.qtype.name:
+            out = src.raw(choice.name)
+        else:
+            rows = dequantize(src.raw(choice.name), t.qtype, t.shape).reshape(-1, t.n_cols)
+            if choice.qtype.name == "F32":
+                out = rows.astype(np.float32)
+            else:
+                imp = im.importance(choice.name) if im is not None else None
+                out = quantize(rows, choice.qtype, imp)
+        if progress:
+            progress(t.n_elements)
+        return out
+    return produce
+
+
+def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
+                   im: ImportanceMatrix | None = None, allow_requantize: bool = False,
+                   dry_run: bool = False, imatrix_path: str | None = None,
+                   progress: Callable[[int], None] | None = None) -> QuantizeSummary:
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    opts.has_imatrix = im is not None
+    try:
+        preset, _ = resolve_target(opts.target)
+        choices = make_plan(src, opts)
+    except RecipeError as e:
+        raise QuantizeError(str(e)) from None
+    if im is not None:
+        check_imatrix(src, choices, im)
+    check_plan(src, choices, opts, im, allow_requantize)
+    summary = QuantizeSummary(choices, sum(src.tensors[c.name].n_elements for c in choices), 0)
+    specs = []
+    for c in choices:
+        t = src.tensors[c.name]
+        spec = TensorSpec(c.name, t.shape, c.qtype, _produce(src, c, im, progress))
+        specs.append(spec)
+        summary.n_bytes += spec.n_bytes
+        summary.type_counts[c.qtype.name] = summary.type_counts.get(c.qtype.name, 0) + 1
+    if dry_run:
+        summary.seconds = time.perf_counter() - start
+        return summary
+    if not out_path.parent.exists():
+        raise QuantizeError(f"the output directory {out_path.parent} does not exist")
+    metadata = {k: v for k, v in src.metadata.items() if not k.startswith("quantize.imatrix.")}
+    types = dict(src.metadata_types)
+    metadata["general.file_type"] = preset.file_type
+    types["general.file_type"] = (4, None)
+    metadata["general.quantization_version"] = 2
+    types["general.quantization_version"] = (4, None)
+    if im is not None:
+        metadata["quantize.imatrix.file"] = str(imatrix_path or "")
+        metadata["quantize.imatrix.dataset"] = im.datasets[0] if im.datasets else ""
+        metadata["quantize.imatrix.entries_count"] = len(im)
+        metadata["quantize.imatrix.chunks_count"] = im.chunk_count
+        types.update({"quantize.imatrix.file": (8, None), "quantize.imatrix.dataset": (8, None),
+                      "quantize.imatrix.entries_count": (5, None), "quantize.imatrix.chunks_count": (5, None)})
+    summary.file_bytes = write_gguf(out_path, metadata, types, specs,
+                                    alignment=int(src.metadata.get("general.alignment", 32)))
+    summary.seconds = time.perf_counter() - start
+    return summary
