@@ -44,6 +44,7 @@ def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, QuantType]],
             w.add_array(key, value)
     for name, (data, qtype) in tensors.items():
         if qtype.name == "F32":
+            data = data.view(np.float32) if data.dtype == np.uint8 else data
             w.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
         else:
             w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType(qtype.ggml_id))
