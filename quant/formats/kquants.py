@@ -169,59 +169,68 @@ def _affine_error(x, w, s, n, a, b, nmax, L):
 
 
 @njit
-def _affine_lsq(x, w, s, n, L):
-    """Weighted least squares (a, b) for x ~ a*L - b with b >= 0; (0, 0) if degenerate."""
-    sw = sl = sl2 = sx = sxl = 0.0
+def _affine_quant(x, w, s, n, a, b, nmax, L):
+    """Quantize x[s:s+n] for a*L - b into L; returns the sums sum w L, sum w L^2, sum w x L."""
+    inv = 1.0 / a
+    sl = sl2 = sxl = 0.0
     for i in range(s, s + n):
-        l = float(L[i])
-        sw += w[i]
-        sl += w[i] * l
-        sl2 += w[i] * l * l
-        sx += w[i] * x[i]
-        sxl += w[i] * x[i] * l
+        l = _clamp_round((x[i] + b) * inv, 0, nmax)
+        L[i] = l
+        wl = w[i] * l
+        sl += wl
+        sl2 += wl * l
+        sxl += wl * x[i]
+    return sl, sl2, sxl
+
+
+@njit
+def _affine_lsq(sw, sx, sxx, sl, sl2, sxl):
+    """Weighted least squares (a, b) for x ~ a*L - b, b >= 0, from the sums; with its error."""
     det = sw * sl2 - sl * sl
+    a = c = 0.0
     if det > 0:
         a = (sw * sxl - sx * sl) / det
         c = (sl2 * sx - sl * sxl) / det  # x ~ a*L + c
-        if c <= 0 and a > 0:
-            return a, -c
-    if sl2 > 0 and sxl > 0:
-        return sxl / sl2, 0.0
-    return 0.0, 0.0
+    if det <= 0 or c > 0:
+        c = 0.0
+        a = sxl / sl2 if sl2 > 0 else 0.0
+    err = a * a * sl2 + 2 * a * c * sl + c * c * sw - 2 * a * sxl - 2 * c * sx + sxx
+    return a, -c, err
 
 
 @njit
 def _fit_affine(x, w, s, n, nmax, L, Lt):
-    """Best (a, b) for one sub-block: a scan of step sizes, each refit by least squares."""
+    """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
+    squares for the quants, requantize with the fit, until the error stops falling)."""
     xmin = np.float32(0.0)
     xmax = x[s]
+    sw = sx = sxx = 0.0
     for i in range(s, s + n):
         xmin = min(xmin, x[i])
         xmax = max(xmax, x[i])
+        sw += w[i]
+        sx += w[i] * x[i]
+        sxx += w[i] * x[i] * x[i]
     if xmax <= xmin:
         for i in range(s, s + n):
             L[i] = 0
         return 0.0, float(-xmin)
+    best = np.inf
     best_a = float((xmax - xmin) / nmax)
     best_b = float(-xmin)
-    best = _affine_error(x, w, s, n, np.float32(best_a), np.float32(best_b), nmax, L)
     nstep = 24
     for k in range(nstep + 1):
         # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-        steps = nmax - 1.0 + 2.4 * k / nstep
-        a0 = np.float32((xmax - xmin) / steps)
-        _affine_error(x, w, s, n, a0, -xmin, nmax, Lt)
-        for _ in range(3):  # Lloyd: refit, requantize, until the quants settle
-            a, b = _affine_lsq(x, w, s, n, Lt)
-            if a <= 0:
+        a = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / nstep)
+        b = -float(xmin)
+        for _ in range(4):
+            sl, sl2, sxl = _affine_quant(x, w, s, n, a, b, nmax, Lt)
+            a, b, err = _affine_lsq(sw, sx, sxx, sl, sl2, sxl)
+            if a <= 0 or err >= best:
                 break
-            err = _affine_error(x, w, s, n, np.float32(a), np.float32(b), nmax, Lt)
-            if err < best:
-                best, best_a, best_b = err, a, b
-                for i in range(s, s + n):
-                    L[i] = Lt[i]
-            else:
-                break
+            best, best_a, best_b = err, a, b
+            for i in range(s, s + n):
+                L[i] = Lt[i]
     return best_a, best_b
 
 
@@ -310,6 +319,132 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
 
 
 
+# --- signed sub-blocks: x ~ a*L with L in [qlo, qhi] and a of either sign (Q3_K, Q6_K) ---
+
+@njit
+def _signed_error(x, w, s, n, a, qlo, qhi, L):
+    """Quantize x[s:s+n] for value a*L (a as the decoder computes it); the weighted error."""
+    err = np.float32(0.0)
+    inv = np.float32(1.0) / a if a != 0 else np.float32(0.0)
+    for i in range(s, s + n):
+        l = _clamp_round(x[i] * inv, qlo, qhi)
+        L[i] = l
+        e = a * np.float32(l) - x[i]
+        err += w[i] * e * e
+    return err
+
+
+@njit
+def _signed_quant(x, w, s, n, a, qlo, qhi, L):
+    """Quantize x[s:s+n] for a*L into L; returns sum w x L and sum w L^2."""
+    inv = 1.0 / a
+    sxl = sl2 = 0.0
+    for i in range(s, s + n):
+        l = _clamp_round(x[i] * inv, qlo, qhi)
+        L[i] = l
+        wl = w[i] * l
+        sxl += wl * x[i]
+        sl2 += wl * l
+    return sxl, sl2
+
+
+@njit
+def _fit_signed(x, w, s, n, qlo, qhi, nstep, L, Lt):
+    """Best scale a for one sub-block: the largest |x| is put near either end of the range
+    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style."""
+    big = np.float32(0.0)
+    sxx = 0.0
+    for i in range(s, s + n):
+        sxx += w[i] * x[i] * x[i]
+        if abs(x[i]) > abs(big):
+            big = x[i]
+    if big == 0:
+        for i in range(s, s + n):
+            L[i] = 0
+        return 0.0
+    best = np.inf
+    best_a = float(big / np.float32(qlo))
+    for end in (qlo, qhi):
+        for k in range(nstep + 1):
+            a = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+            for _ in range(4):
+                sxl, sl2 = _signed_quant(x, w, s, n, a, qlo, qhi, Lt)
+                if sl2 <= 0:
+                    break
+                a = sxl / sl2
+                err = sxx - a * sxl  # the least-squares error for these quants
+                if err >= best:
+                    break
+                best, best_a = err, a
+                for i in range(s, s + n):
+                    L[i] = Lt[i]
+    return best_a
+
+
+@njit
+def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L, Lt):
+    total = np.float32(0.0)
+    for j in range(nsub):
+        s = j * sub
+        r = _clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
+        best = np.float32(np.inf)
+        for c in range(max(slo, r - 1), min(shi, r + 1) + 1):
+            err = _signed_error(x, w, s, sub, d * np.float32(c), qlo, qhi, Lt)
+            if err < best:
+                best = err
+                sc[j] = c
+                for i in range(s, s + sub):
+                    L[i] = Lt[i]
+        total += best
+    return total
+
+
+@njit
+def _refit_d(x, w, nsub, sub, sc, L):
+    saa = sax = 0.0
+    for j in range(nsub):
+        for i in range(j * sub, j * sub + sub):
+            a = float(sc[j] * L[i])
+            saa += w[i] * a * a
+            sax += w[i] * a * x[i]
+    return sax / saa if saa > 0 else 0.0
+
+
+@njit
+def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
+    """Codes for one super-block: fills sc, L; returns the f16-rounded d."""
+    n = nsub * sub
+    Lt = np.empty(n, np.int32)
+    ideal = np.empty(nsub, np.float64)
+    big = 0.0
+    for j in range(nsub):
+        ideal[j] = _fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L, Lt)
+        if abs(ideal[j]) > abs(big):
+            big = ideal[j]
+    sc_t = np.empty(nsub, np.int32)
+    L_t = np.empty(n, np.int32)
+    best = np.float32(np.inf)
+    best_d = np.float32(0.0)
+    for end in (slo, shi):  # the largest scale at either end of the code range
+        d = round_to_f16(big / end)
+        for _ in range(4):
+            err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t, Lt)
+            if err < best:
+                best, best_d = err, d
+                sc[:] = sc_t
+                L[:] = L_t
+            else:
+                break
+            d_new = _refit_d(x, w, nsub, sub, sc_t, L_t)
+            if d_new == 0:
+                break
+            d = round_to_f16(d_new)
+    if best == np.inf:  # an all-zero block
+        sc[:] = 0
+        L[:] = 0
+    return best_d
+
+
 # --- packing (the inverses of crumb / high_bit / nibble / scale_min_k4); bytes start zeroed ---
 
 @njit(inline="always")
@@ -395,8 +530,49 @@ def encode_q2_k(x, imp, out):
         put_f16(out, o + 82, dm)
 
 
+@njit
+def encode_q3_k(x, imp, out):
+    w = np.empty(256, np.float32)
+    sc = np.empty(16, np.int32)
+    L = np.empty(256, np.int32)
+    for b in range(x.shape[0] // 256):
+        o = b * 110
+        _block_weights(x, imp, b * 256, 256, w)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, 3, sc, L)
+        _zero(out, o, 110)
+        for i in range(256):
+            u = L[i] + 4
+            put_high_bit(out, o, i, u >> 2)
+            put_crumb(out, o + 32, i, u & 3)
+        for j in range(16):
+            v = sc[j] + 32
+            out[o + 96 + j % 8] |= np.uint8((v & 15) << (4 * (j // 8)))
+            out[o + 104 + j % 4] |= np.uint8((v >> 4) << (2 * (j // 4)))
+        put_f16(out, o + 108, d)
+
+
+@njit
+def encode_q6_k(x, imp, out):
+    w = np.empty(256, np.float32)
+    sc = np.empty(16, np.int32)
+    L = np.empty(256, np.int32)
+    for b in range(x.shape[0] // 256):
+        o = b * 210
+        _block_weights(x, imp, b * 256, 256, w)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, 2, sc, L)
+        _zero(out, o, 210)
+        for i in range(256):
+            u = L[i] + 32
+            half, r = divmod(i, 128)
+            out[o + half * 64 + r % 64] |= np.uint8((u & 15) << (4 * (r // 64)))
+            put_crumb(out, o + 128, i, u >> 4)
+        for j in range(16):
+            out[o + 192 + j] = np.uint8(sc[j] & 0xFF)
+        put_f16(out, o + 208, d)
+
+
 Q2_K = register("Q2_K", "k", decode_q2_k, encode_q2_k)
-Q3_K = register("Q3_K", "k", decode_q3_k)
+Q3_K = register("Q3_K", "k", decode_q3_k, encode_q3_k)
 Q4_K = register("Q4_K", "k", decode_q4_k, encode_q4_k)
 Q5_K = register("Q5_K", "k", decode_q5_k, encode_q5_k)
-Q6_K = register("Q6_K", "k", decode_q6_k)
+Q6_K = register("Q6_K", "k", decode_q6_k, encode_q6_k)
