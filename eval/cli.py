@@ -73,30 +73,54 @@ def read_text(path: str) -> str:
 
 
 def cmd_perplexity(args) -> int:
-    from tqdm import tqdm
-    from .perplexity import perplexity
+    from .kld import BaseFile, BaseWriter, KLDStats
+    from .perplexity import chunk_tokens, perplexity
 
     set_threads(args.threads)
+    if args.kl_divergence and not args.kl_divergence_base:
+        raise UsageError("--kl-divergence needs --kl-divergence-base FILE (made by a run without --kl-divergence)")
     text = read_text(args.file)
     model, tokenizer = load_model(args.model)
-    bar = tqdm(total=None, desc="perplexity", unit="chunk", disable=args.json or not sys.stderr.isatty())
+    bar = progress_bar("perplexity", unit="chunk", disable=args.json)
 
     def progress(i, n, ppl):
         bar.total = n
         bar.set_postfix(ppl=f"{ppl:.4f}")
         bar.update(1)
 
-    res = perplexity(model, tokenizer, text, args.ctx_size, args.chunks, on_chunk=progress)
+    on_logits, base, writer, stats = None, None, None, None
+    if args.kl_divergence:
+        base = BaseFile(args.kl_divergence_base)
+        bos = tokenizer.bos_id if tokenizer.add_bos else None
+        chunks = chunk_tokens(tokenizer.encode(text), args.ctx_size, args.chunks or base.meta["chunks"], bos)
+        base.check(model.cfg.n_vocab, args.ctx_size, chunks)
+        stats = KLDStats(base)
+        on_logits = stats.add
+        args.chunks = len(chunks)
+    elif args.kl_divergence_base:
+        writer = BaseWriter(model.cfg.n_vocab, args.ctx_size, Path(args.file).name)
+        on_logits = writer.add
+
+    res = perplexity(model, tokenizer, text, args.ctx_size, args.chunks, on_chunk=progress, on_logits=on_logits)
     bar.close()
+    if writer is not None:
+        writer.save(args.kl_divergence_base, res.ppl)
+    report = {"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
+              "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
+              "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}
+    if stats is not None:
+        report["kld"] = stats.summary(res.ppl)
     if args.json:
-        print(json.dumps({"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
-                          "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
-                          "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}))
-    else:
-        print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running)))
-        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", flush=True)
-        print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
-              file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+    print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running)))
+    print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", flush=True)
+    if stats is not None:
+        print(stats.format(report["kld"]))
+    if writer is not None:
+        print(f"wrote the base distributions to {args.kl_divergence_base}")
+    print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
+          file=sys.stderr)
     return 0
 
 
@@ -275,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunks", type=int, default=None, help="at most this many chunks (default: all)")
     s.add_argument("-t", "--threads", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print one JSON object instead")
+    s.add_argument("--kl-divergence-base", metavar="FILE",
+                   help="without --kl-divergence: store this model's distributions in FILE; "
+                        "with it: the base to compare against")
+    s.add_argument("--kl-divergence", action="store_true",
+                   help="report the KL-divergence from the base distributions in --kl-divergence-base")
     s.set_defaults(func=cmd_perplexity)
 
     s = sub.add_parser("generate", help="continue a prompt, streaming the tokens")

@@ -59,9 +59,9 @@ def chunk_tokens(tokens: list[int], n_ctx: int, n_chunks: int | None, bos_id: in
 def perplexity(model: Model, tokenizer: Tokenizer, text: str, n_ctx: int = 512,
                n_chunks: int | None = None,
                on_chunk: Callable[[int, int, float], None] | None = None,
-               on_logits: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> PerplexityResult:
-    """PPL of `text`. on_chunk(i, n, running_ppl) reports progress; on_logits(i, log_probs,
-    targets) receives each chunk's scored log-probabilities (for KL-divergence)."""
+               on_logits: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None) -> PerplexityResult:
+    """PPL of `text`. on_chunk(i, n, running_ppl) reports progress; on_logits(i, chunk,
+    log_probs, targets) receives each chunk's tokens and scored log-probabilities (for KL-divergence)."""
     import time
     start = time.perf_counter()
     tokens = tokenizer.encode(text, add_special=True)
@@ -83,7 +83,7 @@ def perplexity(model: Model, tokenizer: Tokenizer, text: str, n_ctx: int = 512,
         count += len(targets)
         running.append(math.exp(nll_sum / count))
         if on_logits:
-            on_logits(i, log_probs, targets)
+            on_logits(i, chunk, log_probs, targets)
         if on_chunk:
             on_chunk(i, len(chunks), running[-1])
     mean = nll_sum / count

@@ -61,7 +61,15 @@ def test_zero_and_outlier_rows(qtype, rng):
     q = dequantize(quantize(rows, qtype, imp), qtype, rows.shape)
     assert np.isfinite(q).all()
     np.testing.assert_array_equal(q[0], 0.0)
-    assert abs(q[1, 17] - 1000.0) < 0.2 * 1000.0  # the outlier survives
+    if qtype.is_float:
+        assert q[1, 17] == 1000.0
+        return
+    # At 2 bits the outlier's group cannot hold both it and its neighbours, so "the outlier
+    # survives" is the wrong bar (trading it away can cost less in total); the bar is the
+    # reference quantizer's error on the same row.
+    raw_ref = np.asarray(libgguf.quantize_rows(rows[1:2], qtype.ggml_id, imatrix=imp), np.uint8)
+    ref = reference_decode(raw_ref, qtype).reshape(1, -1)
+    assert error(rows[1:2], q[1:2], imp) <= RANDOM_ROW_BOUND * error(rows[1:2], ref, imp)
 
 
 @type_params(ENCODABLE)

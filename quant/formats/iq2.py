@@ -6,6 +6,17 @@ block_iq2_xxs (256 w, 66 B): d f16 | 8 x (u32 grid indices: 4 x 8 bit | u32 sign
 block_iq2_xs (256 w, 74 B): d f16 | qs u16[32] (9-bit index | 7 sign bits) | scales u8[8] (4 bit x16)
 block_iq2_s (256 w, 82 B): d f16 | qs u8[32] | signs u8[32] | qh u8[8] (2 high index bits x32)
     | scales u8[8] (4 bit x16);  1024-entry grid, all 8 sign bits stored
+
+Encoding (all three types share it): a grid point is 8 levels from {8, 25, 43}. Per group of 8,
+the target magnitudes |x| are snapped to the nearest level per coordinate; if that point is in
+the codebook it is the best one, otherwise the codebook points in the nearest distance shells
+(neighbour lists computed at import) are scored by the weighted error. With a parity-implied
+sign (XXS, XS) an odd count of negatives forces one element to the wrong sign: the few elements
+where that costs least are tried. Each 32 (XXS) or 16 (XS, S) weights get their own scale from
+a scan of candidate scales plus a weighted least-squares refit; the block's f16 d and the 4-bit
+sub-scales are then chosen by trying several d and, per sub-block, the sub-scales around the
+ideal one, scoring every choice with the scale the decoder will see. The last pass searches the
+whole codebook exactly (optimal point and wrong-sign element) for every group.
 """
 from __future__ import annotations
 
@@ -13,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from ..bits import f16, u16, u32
+from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f16
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
 from ..types import register
 
@@ -59,6 +71,415 @@ def decode_iq2_s(w, o, y):
         put_group8(y, 8 * i, iq2_scale(d, s), IQ2S_GRID, index, w[o + 34 + i])
 
 
-IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs)
-IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs)
-IQ2_S = register("IQ2_S", "iq2", decode_iq2_s)
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+LEVELS = np.unique(IQ2XXS_GRID).astype(np.float32)     # the per-coordinate magnitudes 8, 25, 43
+assert all(np.array_equal(np.unique(g), LEVELS) for g in (IQ2XS_GRID, IQ2S_GRID))
+MIDPOINTS = ((LEVELS[1:] + LEVELS[:-1]) / 2).astype(np.float32)  # nearest-level thresholds
+POW3 = 3 ** np.arange(8, dtype=np.int64)
+N_CODES = 3 ** 8            # every point of {8, 25, 43}^8, coded as base-3 level digits
+NEIGHBOUR_SHELLS = 2        # off-grid points list the codebook points of their nearest shells
+FLIP_TRIES = 2              # wrong-sign candidates tried per odd-parity group
+SCALE_STEPS = 15            # candidate scales per sub-block: amax / (43 * ratio) ...
+SCALE_RATIO0 = np.float32(0.75)
+SCALE_RATIO_STEP = np.float32(0.04)
+REFITS = 3                  # least-squares rescale / re-snap rounds after the scan
+D_FACTORS = np.linspace(0.8, 1.15, 36).astype(np.float32)  # block scale candidates
+SUBSCALE_REACH = 1          # sub-scales tried on either side of the ideal one
+GROUP_EPS = np.float32(1e-15)
+
+
+class Codebook:
+    """One IQ2 grid as the encoder uses it (computed at import from tables.py's grid values).
+
+    lev:   (N, 8) level index (0, 1, 2) of each coordinate of each grid point
+    quads: (N, 2) base-3 codes (0..80) of the levels of coordinates 0-3 and 4-7
+    gmap:  (3^8,) code of a point of {8, 25, 43}^8 -> its grid index, or -1 if off the grid
+    start, neighbours: for an off-grid code u, neighbours[start[u]:start[u+1]] are the grid
+    points in the NEIGHBOUR_SHELLS smallest squared distances from it.
+    """
+
+    def __init__(self, grid, shells=NEIGHBOUR_SHELLS):
+        self.lev = np.searchsorted(LEVELS, grid).astype(np.uint8)
+        self.quads = (self.lev.reshape(-1, 2, 4).astype(np.int64) @ POW3[:4]).astype(np.uint8)
+        codes = self.lev.astype(np.int64) @ POW3
+        self.gmap = np.full(N_CODES, -1, np.int32)
+        self.gmap[codes] = np.arange(len(grid), dtype=np.int32)
+        points = LEVELS[(np.arange(N_CODES)[:, None] // POW3) % 3].astype(np.float64)
+        g = grid.astype(np.float64)
+        # exact (small integers): |p - g|^2 for every code and grid point
+        d2 = (points * points).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * points @ g.T
+        limit = d2.min(1)
+        for _ in range(shells - 1):
+            limit = np.where(d2 > limit[:, None], d2, np.inf).min(1)
+        keep = d2 <= limit[:, None]
+        keep[self.gmap >= 0] = False
+        self.start = np.zeros(N_CODES + 1, np.int32)
+        self.start[1:] = np.cumsum(keep.sum(1))
+        self.neighbours = np.nonzero(keep)[1].astype(np.int32)   # row-major: grouped by code
+
+    def tables(self):
+        return self.lev, self.quads, self.gmap, self.start, self.neighbours
+
+
+XXS_BOOK = Codebook(IQ2XXS_GRID)
+XS_BOOK = Codebook(IQ2XS_GRID)
+S_BOOK = Codebook(IQ2S_GRID)
+XXS_TABLES = XXS_BOOK.tables()
+XS_TABLES = XS_BOOK.tables()
+S_TABLES = S_BOOK.tables()
+
+
+@njit(inline="always")
+def group_scale(d, s):
+    """The scale the decoder applies to grid values, exactly as iq2_scale computes it."""
+    return iq2_scale(np.float32(d), s)
+
+
+@njit
+def block_weights(x, imp, o, w):
+    """Error weights of the 256-block at o: the importance (+ a tiny floor so that dead columns
+    still get a sane fit), or without one sqrt(mean(x^2) + x^2), as ggml weighs a flat importance
+    (larger weights count somewhat more)."""
+    if imp.shape[0] == 0:
+        s2 = 0.0
+        for i in range(256):
+            s2 += x[o + i] * x[o + i]
+        s2 /= 256.0
+        for i in range(256):
+            w[i] = np.sqrt(s2 + x[o + i] * x[o + i])
+    else:
+        m = 0.0
+        for i in range(256):
+            m = max(m, imp[o + i])
+        for i in range(256):
+            w[i] = imp[o + i] + 1e-6 * m
+
+
+@njit(inline="always")
+def point_cost(a, w, o, flip, c, lev, j):
+    """Weighted error of grid point j at scale c for the magnitudes a[o:o+8]; element `flip`
+    (or none if -1) has the wrong sign, so its target is -a."""
+    e = 0.0
+    for k in range(8):
+        q = c * LEVELS[lev[j, k]]
+        r = a[o + k] + q if k == flip else a[o + k] - q
+        e += w[o + k] * r * r
+    return e
+
+
+@njit(inline="always")
+def point_moments(a, w, o, flip, lev, j):
+    """(sum w t q, sum w q^2) of grid point j against targets t (q in grid units)."""
+    sqx = 0.0
+    sq2 = 0.0
+    for k in range(8):
+        q = LEVELS[lev[j, k]]
+        t = -a[o + k] if k == flip else a[o + k]
+        sqx += w[o + k] * t * q
+        sq2 += w[o + k] * q * q
+    return sqx, sq2
+
+
+@njit
+def best_point(a, w, o, flip, c, lev, gmap, start, nb):
+    """The best grid point (index, error) near the per-coordinate nearest point at scale c."""
+    u = 0
+    t0 = c * MIDPOINTS[0]
+    t1 = c * MIDPOINTS[1]
+    for k in range(8):
+        if k != flip:  # a wrong-sign element wants the smallest level (digit 0)
+            v = a[o + k]
+            u += (0 if v < t0 else (1 if v < t1 else 2)) * POW3[k]
+    j = gmap[u]
+    if j >= 0:
+        return j, point_cost(a, w, o, flip, c, lev, j)
+    best_j = nb[start[u]]
+    best_e = np.inf
+    for n in range(start[u], start[u + 1]):
+        e = point_cost(a, w, o, flip, c, lev, nb[n])
+        if e < best_e:
+            best_e = e
+            best_j = nb[n]
+    return best_j, best_e
+
+
+@njit
+def best_group(a, w, o, odd, c, lev, gmap, start, nb):
+    """(grid index, wrong-sign element or -1, error) for one group at scale c. With odd parity
+    the FLIP_TRIES elements whose wrong sign costs least in isolation are tried."""
+    if not odd:
+        j, e = best_point(a, w, o, -1, c, lev, gmap, start, nb)
+        return j, -1, e
+    lo = c * LEVELS[0]
+    tried = 0
+    best_j, best_f, best_e = 0, 0, np.inf
+    for _ in range(FLIP_TRIES):
+        f = -1
+        fd = np.inf
+        for k in range(8):
+            if (tried >> k) & 1:
+                continue
+            v = a[o + k]
+            r = v - lo if v < c * MIDPOINTS[0] else (v - c * LEVELS[1] if v < c * MIDPOINTS[1]
+                                                     else v - c * LEVELS[2])
+            d = w[o + k] * ((v + lo) * (v + lo) - r * r)
+            if d < fd:
+                fd = d
+                f = k
+        tried |= 1 << f
+        j, e = best_point(a, w, o, f, c, lev, gmap, start, nb)
+        if e < best_e:
+            best_j, best_f, best_e = j, f, e
+    return best_j, best_f, best_e
+
+
+@njit(inline="always")
+def quad_tables(a, w, o, c, qc, qm):
+    """Tables over the 81 level combinations of a quad (coordinates 0-3 as qc[0], 4-7 as
+    qc[1]): the summed squared errors (qc) and the least cost of one wrong sign among them
+    (qm), built from per-coordinate then per-pair tables."""
+    for h in range(2):
+        pc = np.empty((2, 9))
+        pm = np.empty((2, 9))
+        for p in range(2):
+            k0 = o + 4 * h + 2 * p
+            for l1 in range(3):
+                q1 = c * LEVELS[l1]
+                r1 = a[k0 + 1] - q1
+                e1 = w[k0 + 1] * r1 * r1
+                m1 = 4.0 * w[k0 + 1] * a[k0 + 1] * q1
+                for l0 in range(3):
+                    q0 = c * LEVELS[l0]
+                    r0 = a[k0] - q0
+                    pc[p, l0 + 3 * l1] = w[k0] * r0 * r0 + e1
+                    pm[p, l0 + 3 * l1] = min(4.0 * w[k0] * a[k0] * q0, m1)
+        for hi in range(9):
+            for lo in range(9):
+                qc[h, lo + 9 * hi] = pc[0, lo] + pc[1, hi]
+                qm[h, lo + 9 * hi] = min(pm[0, lo], pm[1, hi])
+
+
+@njit
+def exact_group(a, w, o, odd, c, lev, quads, qc, qm):
+    """The optimal (grid index, wrong-sign element or -1, error) over the whole codebook.
+
+    Errors add over coordinates, so a point's error is two lookups in per-quad tables; with odd
+    parity the cheapest wrong sign, (a + q)^2 - (a - q)^2 = 4 a q, is added too.
+    """
+    quad_tables(a, w, o, c, qc, qm)
+    best_j, best_e = 0, np.inf
+    if odd:
+        for j in range(quads.shape[0]):
+            q0 = quads[j, 0]
+            q1 = quads[j, 1]
+            e = qc[0, q0] + qc[1, q1] + min(qm[0, q0], qm[1, q1])
+            if e < best_e:
+                best_e = e
+                best_j = j
+    else:
+        for j in range(quads.shape[0]):
+            e = qc[0, quads[j, 0]] + qc[1, quads[j, 1]]
+            if e < best_e:
+                best_e = e
+                best_j = j
+    best_f = -1
+    if odd:
+        m = np.inf
+        for k in range(8):
+            d = w[o + k] * a[o + k] * LEVELS[lev[best_j, k]]
+            if d < m:
+                m = d
+                best_f = k
+    return best_j, best_f, best_e
+
+
+@njit
+def fit_subblock_scale(a, w, o, n_groups, odd, g0, book):
+    """(scale, curvature) of one sub-block: the least-squares scale of the best choice over a
+    scan of candidate scales and refits, and sum w q^2 of that choice, so that near the scale the
+    error grows as curvature * (c - scale)^2. (0, 0) if the sub-block is empty."""
+    lev, _, gmap, start, nb = book
+    amax = 0.0
+    for i in range(8 * n_groups):
+        amax = max(amax, a[o + i])
+    if amax < GROUP_EPS:
+        return 0.0, 0.0
+    best = 0.0
+    best_c = 0.0
+    best_q2 = 0.0
+    for step in range(SCALE_STEPS + REFITS):
+        if step < SCALE_STEPS:
+            c = amax / (LEVELS[2] * (SCALE_RATIO0 + step * SCALE_RATIO_STEP))
+        elif best_c > 0:
+            c = best_c   # refit: re-snap at the least-squares scale of the best so far
+        else:
+            break
+        sqx = 0.0
+        sq2 = 0.0
+        for g in range(n_groups):
+            og = o + 8 * g
+            j, f, e = best_group(a, w, og, odd[g0 + g], c, lev, gmap, start, nb)
+            px, p2 = point_moments(a, w, og, f, lev, j)
+            sqx += px
+            sq2 += p2
+        if sq2 > 0 and sqx > 0 and sqx * sqx > best * sq2:
+            best = sqx * sqx / sq2
+            best_c = sqx / sq2
+            best_q2 = sq2
+        elif step >= SCALE_STEPS:
+            break
+    return best_c, best_q2
+
+
+@njit
+def nearest_subscale(d, c):
+    return min(15, max(0, nearest_int(4.0 * c / d - 0.5)))
+
+
+@njit
+def choose_block_scale(cs, cq, n_sub):
+    """The f16 d that best serves the sub-block scales cs, under the quadratic error model
+    cq * (c - cs)^2 of each sub-block. d0 puts the largest scale at sub-scale 15."""
+    cmax = 0.0
+    for ib in range(n_sub):
+        cmax = max(cmax, cs[ib])
+    best_d = np.float32(0.0)
+    best_e = np.inf
+    for fd in D_FACTORS:
+        d = round_to_f16(cmax * 4.0 / 15.5 * fd)
+        if d == 0 or not np.isfinite(d):
+            continue
+        e = 0.0
+        for ib in range(n_sub):
+            r = group_scale(d, nearest_subscale(d, cs[ib])) - cs[ib]
+            e += cq[ib] * r * r
+        if e < best_e:
+            best_e = e
+            best_d = d
+    return best_d
+
+
+@njit
+def encode_block(x, xo, imp, n_groups, book, parity, ws):
+    """Choose d, the 4-bit sub-scales and every group's grid point and signs for the 256-block
+    at x[xo:]. The choices are left in ws (see scratch); returns the (f16-exact) d."""
+    a, w, neg, odd, cs, cq, idx, flips, subs, qc, qm, tidx, tflips = ws
+    lev, quads, gmap, start, nb = book
+    n_sub = 32 // n_groups
+    block_weights(x, imp, xo, w)
+    for g in range(32):
+        bits = 0
+        for k in range(8):
+            v = x[xo + 8 * g + k]
+            a[8 * g + k] = abs(v)
+            if v < 0:
+                bits |= 1 << k
+        neg[g] = bits
+        n = 0
+        for k in range(8):
+            n += (bits >> k) & 1
+        odd[g] = parity and n % 2 == 1
+        idx[g] = 0
+        flips[g] = -1
+    for ib in range(n_sub):
+        subs[ib] = 0
+        cs[ib], cq[ib] = fit_subblock_scale(a, w, 8 * n_groups * ib, n_groups, odd,
+                                            n_groups * ib, book)
+    d = choose_block_scale(cs, cq, n_sub)
+    if d == 0:
+        return d
+    for ib in range(n_sub):
+        # the sub-scales next to the ideal one, scored by the exact search at the decoder's scale
+        s0 = nearest_subscale(d, cs[ib])
+        best_e = np.inf
+        for s in range(max(0, s0 - SUBSCALE_REACH), min(15, s0 + SUBSCALE_REACH) + 1):
+            c = group_scale(d, s)
+            e = 0.0
+            for g in range(n_groups):
+                gg = n_groups * ib + g
+                tidx[g], tflips[g], eg = exact_group(a, w, 8 * gg, odd[gg], c, lev, quads, qc, qm)
+                e += eg
+            if e < best_e:
+                best_e = e
+                subs[ib] = s
+                idx[n_groups * ib:n_groups * (ib + 1)] = tidx[:n_groups]
+                flips[n_groups * ib:n_groups * (ib + 1)] = tflips[:n_groups]
+    return d
+
+
+@njit
+def scratch():
+    """Per-row work arrays for encode_block."""
+    return (np.empty(256, np.float32), np.empty(256, np.float64), np.empty(32, np.int64),
+            np.empty(32, np.bool_), np.empty(32, np.float64), np.empty(32, np.float64),
+            np.empty(32, np.int64), np.empty(32, np.int64), np.empty(32, np.int64),
+            np.empty((2, 81), np.float64), np.empty((2, 81), np.float64),
+            np.empty(4, np.int64), np.empty(4, np.int64))
+
+
+@njit(inline="always")
+def sign_bits(neg, flip):
+    """The 8 stored sign bits: the signs of x, with the wrong-sign element (if any) toggled."""
+    return neg ^ (1 << flip) if flip >= 0 else neg
+
+
+@njit(inline="always")
+def put_subscales(out, at, subs):
+    for j in range(8):
+        out[at + j] = subs[2 * j] | (subs[2 * j + 1] << 4)
+
+
+@njit
+def encode_iq2_xxs(x, imp, out):
+    ws = scratch()
+    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _ = ws
+    for b in range(x.shape[0] // 256):
+        o = 66 * b
+        put_f16(out, o, encode_block(x, 256 * b, imp, 4, XXS_TABLES,
+                                     True, ws))
+        for ib in range(8):
+            aux = subs[ib] << 28
+            for l in range(4):
+                g = 4 * ib + l
+                out[o + 2 + 8 * ib + l] = idx[g]
+                aux |= (sign_bits(neg[g], flips[g]) & 127) << (7 * l)
+            put_u32(out, o + 6 + 8 * ib, aux)
+
+
+@njit
+def encode_iq2_xs(x, imp, out):
+    ws = scratch()
+    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _ = ws
+    for b in range(x.shape[0] // 256):
+        o = 74 * b
+        put_f16(out, o, encode_block(x, 256 * b, imp, 2, XS_TABLES,
+                                     True, ws))
+        for i in range(32):
+            put_u16(out, o + 2 + 2 * i, idx[i] | ((sign_bits(neg[i], flips[i]) & 127) << 9))
+        put_subscales(out, o + 66, subs)
+
+
+@njit
+def encode_iq2_s(x, imp, out):
+    ws = scratch()
+    _, _, neg, _, _, _, idx, _, subs, _, _, _, _ = ws
+    for b in range(x.shape[0] // 256):
+        o = 82 * b
+        put_f16(out, o, encode_block(x, 256 * b, imp, 2, S_TABLES,
+                                     False, ws))
+        for i in range(32):
+            out[o + 2 + i] = idx[i] & 255
+            out[o + 34 + i] = neg[i]
+        for j in range(8):
+            h = 0
+            for i in range(4):
+                h |= (idx[4 * j + i] >> 8) << (2 * i)
+            out[o + 66 + j] = h
+        put_subscales(out, o + 74, subs)
+
+
+IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs)
+IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs)
+IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s)

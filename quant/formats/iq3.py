@@ -63,7 +63,7 @@ def decode_iq3_s(w, o, y):
 # ---------------------------------------------------------------------------------------------
 # Search tables, computed from the grids at import.
 
-NEIGHBOUR_RINGS = 3   # an off-grid point searches the grid points at its 3 nearest distances
+NEIGHBOUR_RINGS = 4   # an off-grid point searches the grid points at its 4 nearest distances
 
 
 def _search_tables(grid: np.ndarray, unit: float):
@@ -97,9 +97,9 @@ def _search_tables(grid: np.ndarray, unit: float):
 # ---------------------------------------------------------------------------------------------
 # Encoding (shared by both types; `units` etc. are one type's search tables).
 
-TRIALS = 16                 # continuous scales tried per 32 weights: amax / (12.0 ... 18.0)
+TRIALS = 11                 # continuous scales tried per 32 weights: amax / (12.0 ... 18.0)
 TRIAL_LO = np.float32(12.0)
-TRIAL_STEP = np.float32(0.4)
+TRIAL_STEP = np.float32(0.6)
 # Super-scale candidates: d = max(block scales) / 31 * factor (f16-rounded).
 D_FACTORS = np.array([0.99, 1.0125, 1.04], dtype=np.float32)
 

@@ -282,6 +282,52 @@ def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
 
 
 @njit
+def _super_scale(v, wt, lo, hi):
+    """The step d for codes round(v / d) in [lo, hi] of least sum wt (v - d*code)^2: the
+    largest |v| is put at each end of the range and a little inside it, each refit."""
+    big = 0.0
+    for j in range(v.shape[0]):
+        if abs(v[j]) > abs(big):
+            big = v[j]
+    if big == 0:
+        return 0.0
+    best = np.inf
+    best_d = 0.0
+    for end in (lo, hi):
+        if end == 0:
+            continue
+        for k in range(16):
+            d = big / (end - 0.125 * k * np.sign(end))
+            svq = sqq = 0.0
+            for j in range(v.shape[0]):
+                q = _clamp_round(v[j] / d, lo, hi)
+                svq += wt[j] * v[j] * q
+                sqq += wt[j] * q * q
+            if sqq <= 0:
+                continue
+            d = svq / sqq
+            err = 0.0
+            for j in range(v.shape[0]):
+                e = v[j] - d * _clamp_round(v[j] / d, lo, hi)
+                err += wt[j] * e * e
+            if err < best:
+                best, best_d = err, d
+    return best_d
+
+
+@njit
+def _sub_weights(w, nsub, sub, L, wl2, wsum):
+    """Per sub-block sum w L^2 and sum w: how much an error in its scale and in its min cost."""
+    for j in range(nsub):
+        a = b = 0.0
+        for i in range(j * sub, j * sub + sub):
+            a += w[i] * L[i] * L[i]
+            b += w[i]
+        wl2[j] = a
+        wsum[j] = b
+
+
+@njit
 def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin)."""
     n = nsub * sub
@@ -293,28 +339,36 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
         ideal_a[j], ideal_b[j] = _fit_affine(x, w, j * sub, sub, nmax, L, Lt)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
+    wl2 = np.empty(nsub, np.float64)
+    wsum = np.empty(nsub, np.float64)
+    _sub_weights(w, nsub, sub, L, wl2, wsum)
     sc_t = np.empty(nsub, np.int32)
     mn_t = np.empty(nsub, np.int32)
     L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = best_dm = np.float32(0.0)
-    d = round_to_f16(amax / smax)
-    dm = round_to_f16(bmax / smax)
-    for _ in range(4):
-        err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b,
-                                 sc_t, mn_t, L_t, Lt)
-        if err < best:
-            best, best_d, best_dm = err, d, dm
-            sc[:] = sc_t
-            mn[:] = mn_t
-            L[:] = L_t
+    for start in range(2):  # the best super scales for the ideal values, then the plain maxima
+        if start == 0:
+            d = round_to_f16(_super_scale(ideal_a, wl2, 0, smax))
+            dm = round_to_f16(_super_scale(ideal_b, wsum, 0, smax))
         else:
-            break
-        d_new, dm_new = _refit_d_dmin(x, w, nsub, sub, sc_t, mn_t, L_t)
-        if d_new <= 0:
-            break
-        d = round_to_f16(d_new)
-        dm = round_to_f16(dm_new)
+            d = round_to_f16(amax / smax)
+            dm = round_to_f16(bmax / smax)
+        for _ in range(4):
+            err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b,
+                                     sc_t, mn_t, L_t, Lt)
+            if err < best:
+                best, best_d, best_dm = err, d, dm
+                sc[:] = sc_t
+                mn[:] = mn_t
+                L[:] = L_t
+            else:
+                break
+            d_new, dm_new = _refit_d_dmin(x, w, nsub, sub, sc_t, mn_t, L_t)
+            if d_new <= 0:
+                break
+            d = round_to_f16(d_new)
+            dm = round_to_f16(dm_new)
     return best_d, best_dm
 
 
@@ -421,12 +475,18 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
         ideal[j] = _fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L, Lt)
         if abs(ideal[j]) > abs(big):
             big = ideal[j]
+    wl2 = np.empty(nsub, np.float64)
+    wsum = np.empty(nsub, np.float64)
+    _sub_weights(w, nsub, sub, L, wl2, wsum)
     sc_t = np.empty(nsub, np.int32)
     L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = np.float32(0.0)
-    for end in (slo, shi):  # the largest scale at either end of the code range
-        d = round_to_f16(big / end)
+    for start in range(3):  # the best super scale for the ideal values; the largest at an end
+        if start == 0:
+            d = round_to_f16(_super_scale(ideal, wl2, slo, shi))
+        else:
+            d = round_to_f16(big / (slo if start == 1 else shi))
         for _ in range(4):
             err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t, Lt)
             if err < best:
@@ -471,6 +531,14 @@ def put_scale_min_k4(out, at, sc, mn):
         out[at + j] = np.uint8((sc[j] & 63) | ((sc[j + 4] >> 4) << 6))
         out[at + j + 4] = np.uint8((mn[j] & 63) | ((mn[j + 4] >> 4) << 6))
         out[at + j + 8] = np.uint8((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4))
+
+
+@njit(inline="always")
+def put_q3k_scale(out, at, j, sc):
+    """Store the signed 6-bit scale sc (-32..31) of sub-block j in the 12 bytes at `at`."""
+    v = sc + 32
+    out[at + j % 8] |= np.uint8((v & 15) << (4 * (j // 8)))
+    out[at + 8 + j % 4] |= np.uint8((v >> 4) << (2 * (j // 4)))
 
 
 @njit(inline="always")
@@ -530,6 +598,11 @@ def encode_q2_k(x, imp, out):
         put_f16(out, o + 82, dm)
 
 
+# Scan lengths of the signed sub-block fits (more steps did not lower the error on real rows).
+Q3K_SCAN = 3
+Q6K_SCAN = 2
+
+
 @njit
 def encode_q3_k(x, imp, out):
     w = np.empty(256, np.float32)
@@ -538,16 +611,14 @@ def encode_q3_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 110
         _block_weights(x, imp, b * 256, 256, w)
-        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, 3, sc, L)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, sc, L)
         _zero(out, o, 110)
         for i in range(256):
             u = L[i] + 4
             put_high_bit(out, o, i, u >> 2)
             put_crumb(out, o + 32, i, u & 3)
         for j in range(16):
-            v = sc[j] + 32
-            out[o + 96 + j % 8] |= np.uint8((v & 15) << (4 * (j // 8)))
-            out[o + 104 + j % 4] |= np.uint8((v >> 4) << (2 * (j // 4)))
+            put_q3k_scale(out, o + 96, j, sc[j])
         put_f16(out, o + 108, d)
 
 
@@ -559,7 +630,7 @@ def encode_q6_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 210
         _block_weights(x, imp, b * 256, 256, w)
-        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, 2, sc, L)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, Q6K_SCAN, sc, L)
         _zero(out, o, 210)
         for i in range(256):
             u = L[i] + 32
