@@ -25,3 +25,11 @@ def real_model(name: str):
         return pull(name, progress=False)
     except Exception as e:  # offline machine: say so rather than fail obscurely
         pytest.skip(f"real model {name} unavailable: {e}")
+
+
+def real_looking_rows(rng, n_rows=8, n_cols=1024):
+    """Heavy-tailed weights with a few strong columns and importance spread over decades."""
+    rows = rng.standard_t(4, (n_rows, n_cols)) * 0.02
+    rows[:, rng.choice(n_cols, 6, replace=False)] *= 8
+    imp = rng.lognormal(0.0, 1.5, n_cols)
+    return rows.astype(np.float32), imp.astype(np.float32)

@@ -17,7 +17,7 @@ from lowbit.quant.encode import quantize
 from lowbit.quant.formats import kquants as K
 from lowbit.quant.types import by_name
 
-from conftest import real_model, type_params
+from conftest import real_looking_rows, real_model, type_params
 from synthetic import reference_decode
 
 KQUANTS = [by_name(n) for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")]
@@ -79,14 +79,6 @@ def test_six_bit_scale_min_packing_round_trips(rng):
         back = _scale_min_round_trip(sc, mn)
         np.testing.assert_array_equal(back[:, 0], sc)
         np.testing.assert_array_equal(back[:, 1], mn)
-
-
-def real_looking_rows(rng, n_rows=8, n_cols=1024):
-    """Heavy-tailed weights with a few strong columns and importance spread over decades."""
-    rows = rng.standard_t(4, (n_rows, n_cols)) * 0.02
-    rows[:, rng.choice(n_cols, 6, replace=False)] *= 8
-    imp = rng.lognormal(0.0, 1.5, n_cols)
-    return rows.astype(np.float32), imp.astype(np.float32)
 
 
 def block_weights(imp, b):

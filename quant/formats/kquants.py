@@ -19,8 +19,9 @@ import numpy as np
 from numba import njit
 
 from ..bits import f16
-from ..encode_helpers import nearest_int, put_f16, round_to_f16
+from ..encode_helpers import put_f16, round_to_f16
 from ..types import register
+from .fits import affine_error, block_weights, clamp_round, fit_affine, fit_signed, signed_error, super_scale
 
 
 @njit(inline="always")
@@ -121,7 +122,6 @@ def decode_q6_k(w, o, y):
             y[i] = dl * np.float32((lo | (hi << 4)) - 32)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Encoders.
 #
@@ -132,106 +132,9 @@ def decode_q6_k(w, o, y):
 #     the weights for each, keeping the code pair of least weighted error;
 #   * refit d (and dmin) by weighted least squares given all integer codes and quants.
 # The weights are the importance itself (the error that counts), or 1 without importance.
+# The per-sub-block fits live in fits.py (the legacy types use them too).
 
-@njit(inline="always")
-def _block_weights(x, imp, o, n, w):
-    """Weights of block x[o:o+n] into w: the importance, floored so no weight is exactly 0."""
-    if imp.shape[0] == 0:
-        for i in range(n):
-            w[i] = np.float32(1.0)
-        return
-    top = np.float32(0.0)
-    for i in range(n):
-        top = max(top, imp[o + i])
-    floor = top * np.float32(1e-6) if top > 0 else np.float32(1.0)
-    for i in range(n):
-        w[i] = max(imp[o + i], floor)
-
-
-@njit(inline="always")
-def _clamp_round(v, lo, hi):
-    return min(hi, max(lo, nearest_int(v)))
-
-
-# --- affine sub-blocks: x ~ a*L - b with L in [0, nmax], b >= 0 (Q2_K, Q4_K, Q5_K) ---
-
-@njit
-def _affine_error(x, w, s, n, a, b, nmax, L):
-    """Quantize x[s:s+n] for value a*L - b (a, b already as the decoder computes them)."""
-    err = np.float32(0.0)
-    inv = np.float32(1.0) / a if a > 0 else np.float32(0.0)
-    for i in range(s, s + n):
-        l = _clamp_round((x[i] + b) * inv, 0, nmax)
-        L[i] = l
-        e = a * np.float32(l) - b - x[i]
-        err += w[i] * e * e
-    return err
-
-
-@njit
-def _affine_quant(x, w, s, n, a, b, nmax, L):
-    """Quantize x[s:s+n] for a*L - b into L; returns the sums sum w L, sum w L^2, sum w x L."""
-    inv = 1.0 / a
-    sl = sl2 = sxl = 0.0
-    for i in range(s, s + n):
-        l = _clamp_round((x[i] + b) * inv, 0, nmax)
-        L[i] = l
-        wl = w[i] * l
-        sl += wl
-        sl2 += wl * l
-        sxl += wl * x[i]
-    return sl, sl2, sxl
-
-
-@njit
-def _affine_lsq(sw, sx, sxx, sl, sl2, sxl):
-    """Weighted least squares (a, b) for x ~ a*L - b, b >= 0, from the sums; with its error."""
-    det = sw * sl2 - sl * sl
-    a = c = 0.0
-    if det > 0:
-        a = (sw * sxl - sx * sl) / det
-        c = (sl2 * sx - sl * sxl) / det  # x ~ a*L + c
-    if det <= 0 or c > 0:
-        c = 0.0
-        a = sxl / sl2 if sl2 > 0 else 0.0
-    err = a * a * sl2 + 2 * a * c * sl + c * c * sw - 2 * a * sxl - 2 * c * sx + sxx
-    return a, -c, err
-
-
-@njit
-def _fit_affine(x, w, s, n, nmax, L, Lt):
-    """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
-    squares for the quants, requantize with the fit, until the error stops falling)."""
-    xmin = np.float32(0.0)
-    xmax = x[s]
-    sw = sx = sxx = 0.0
-    for i in range(s, s + n):
-        xmin = min(xmin, x[i])
-        xmax = max(xmax, x[i])
-        sw += w[i]
-        sx += w[i] * x[i]
-        sxx += w[i] * x[i] * x[i]
-    if xmax <= xmin:
-        for i in range(s, s + n):
-            L[i] = 0
-        return 0.0, float(-xmin)
-    best = np.inf
-    best_a = float((xmax - xmin) / nmax)
-    best_b = float(-xmin)
-    nstep = 24
-    for k in range(nstep + 1):
-        # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-        a = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / nstep)
-        b = -float(xmin)
-        for _ in range(4):
-            sl, sl2, sxl = _affine_quant(x, w, s, n, a, b, nmax, Lt)
-            a, b, err = _affine_lsq(sw, sx, sxx, sl, sl2, sxl)
-            if a <= 0 or err >= best:
-                break
-            best, best_a, best_b = err, a, b
-            for i in range(s, s + n):
-                L[i] = Lt[i]
-    return best_a, best_b
+# --- affine super-blocks (Q2_K, Q4_K, Q5_K) ---
 
 
 @njit
@@ -240,12 +143,12 @@ def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc,
     total = np.float32(0.0)
     for j in range(nsub):
         s = j * sub
-        rs = _clamp_round(ideal_a[j] / d, 0, smax) if d > 0 else 0
-        rm = _clamp_round(ideal_b[j] / dm, 0, smax) if dm > 0 else 0
+        rs = clamp_round(ideal_a[j] / d, 0, smax) if d > 0 else 0
+        rm = clamp_round(ideal_b[j] / dm, 0, smax) if dm > 0 else 0
         best = np.float32(np.inf)
         for cs in range(max(0, rs - 1), min(smax, rs + 1) + 1):
             for cm in range(max(0, rm - 1), min(smax, rm + 1) + 1):
-                err = _affine_error(x, w, s, sub, d * np.float32(cs), dm * np.float32(cm), nmax, Lt)
+                err = affine_error(x, w, s, sub, d * np.float32(cs), dm * np.float32(cm), nmax, Lt)
                 if err < best:
                     best = err
                     sc[j] = cs
@@ -282,40 +185,6 @@ def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
 
 
 @njit
-def _super_scale(v, wt, lo, hi):
-    """The step d for codes round(v / d) in [lo, hi] of least sum wt (v - d*code)^2: the
-    largest |v| is put at each end of the range and a little inside it, each refit."""
-    big = 0.0
-    for j in range(v.shape[0]):
-        if abs(v[j]) > abs(big):
-            big = v[j]
-    if big == 0:
-        return 0.0
-    best = np.inf
-    best_d = 0.0
-    for end in (lo, hi):
-        if end == 0:
-            continue
-        for k in range(16):
-            d = big / (end - 0.125 * k * np.sign(end))
-            svq = sqq = 0.0
-            for j in range(v.shape[0]):
-                q = _clamp_round(v[j] / d, lo, hi)
-                svq += wt[j] * v[j] * q
-                sqq += wt[j] * q * q
-            if sqq <= 0:
-                continue
-            d = svq / sqq
-            err = 0.0
-            for j in range(v.shape[0]):
-                e = v[j] - d * _clamp_round(v[j] / d, lo, hi)
-                err += wt[j] * e * e
-            if err < best:
-                best, best_d = err, d
-    return best_d
-
-
-@njit
 def _sub_weights(w, nsub, sub, L, wl2, wsum):
     """Per sub-block sum w L^2 and sum w: how much an error in its scale and in its min cost."""
     for j in range(nsub):
@@ -336,7 +205,7 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     ideal_b = np.empty(nsub, np.float64)
     amax = bmax = 0.0
     for j in range(nsub):
-        ideal_a[j], ideal_b[j] = _fit_affine(x, w, j * sub, sub, nmax, L, Lt)
+        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, Lt)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
     wl2 = np.empty(nsub, np.float64)
@@ -349,8 +218,8 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     best_d = best_dm = np.float32(0.0)
     for start in range(2):  # the best super scales for the ideal values, then the plain maxima
         if start == 0:
-            d = round_to_f16(_super_scale(ideal_a, wl2, 0, smax))
-            dm = round_to_f16(_super_scale(ideal_b, wsum, 0, smax))
+            d = round_to_f16(super_scale(ideal_a, wl2, 0, smax))
+            dm = round_to_f16(super_scale(ideal_b, wsum, 0, smax))
         else:
             d = round_to_f16(amax / smax)
             dm = round_to_f16(bmax / smax)
@@ -372,67 +241,7 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     return best_d, best_dm
 
 
-
-# --- signed sub-blocks: x ~ a*L with L in [qlo, qhi] and a of either sign (Q3_K, Q6_K) ---
-
-@njit
-def _signed_error(x, w, s, n, a, qlo, qhi, L):
-    """Quantize x[s:s+n] for value a*L (a as the decoder computes it); the weighted error."""
-    err = np.float32(0.0)
-    inv = np.float32(1.0) / a if a != 0 else np.float32(0.0)
-    for i in range(s, s + n):
-        l = _clamp_round(x[i] * inv, qlo, qhi)
-        L[i] = l
-        e = a * np.float32(l) - x[i]
-        err += w[i] * e * e
-    return err
-
-
-@njit
-def _signed_quant(x, w, s, n, a, qlo, qhi, L):
-    """Quantize x[s:s+n] for a*L into L; returns sum w x L and sum w L^2."""
-    inv = 1.0 / a
-    sxl = sl2 = 0.0
-    for i in range(s, s + n):
-        l = _clamp_round(x[i] * inv, qlo, qhi)
-        L[i] = l
-        wl = w[i] * l
-        sxl += wl * x[i]
-        sl2 += wl * l
-    return sxl, sl2
-
-
-@njit
-def _fit_signed(x, w, s, n, qlo, qhi, nstep, L, Lt):
-    """Best scale a for one sub-block: the largest |x| is put near either end of the range
-    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style."""
-    big = np.float32(0.0)
-    sxx = 0.0
-    for i in range(s, s + n):
-        sxx += w[i] * x[i] * x[i]
-        if abs(x[i]) > abs(big):
-            big = x[i]
-    if big == 0:
-        for i in range(s, s + n):
-            L[i] = 0
-        return 0.0
-    best = np.inf
-    best_a = float(big / np.float32(qlo))
-    for end in (qlo, qhi):
-        for k in range(nstep + 1):
-            a = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
-            for _ in range(4):
-                sxl, sl2 = _signed_quant(x, w, s, n, a, qlo, qhi, Lt)
-                if sl2 <= 0:
-                    break
-                a = sxl / sl2
-                err = sxx - a * sxl  # the least-squares error for these quants
-                if err >= best:
-                    break
-                best, best_a = err, a
-                for i in range(s, s + n):
-                    L[i] = Lt[i]
-    return best_a
+# --- signed super-blocks (Q3_K, Q6_K) ---
 
 
 @njit
@@ -440,10 +249,10 @@ def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L, Lt)
     total = np.float32(0.0)
     for j in range(nsub):
         s = j * sub
-        r = _clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
+        r = clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
         best = np.float32(np.inf)
         for c in range(max(slo, r - 1), min(shi, r + 1) + 1):
-            err = _signed_error(x, w, s, sub, d * np.float32(c), qlo, qhi, Lt)
+            err = signed_error(x, w, s, sub, d * np.float32(c), qlo, qhi, Lt)
             if err < best:
                 best = err
                 sc[j] = c
@@ -472,7 +281,7 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     ideal = np.empty(nsub, np.float64)
     big = 0.0
     for j in range(nsub):
-        ideal[j] = _fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L, Lt)
+        ideal[j] = fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L, Lt)
         if abs(ideal[j]) > abs(big):
             big = ideal[j]
     wl2 = np.empty(nsub, np.float64)
@@ -484,7 +293,7 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     best_d = np.float32(0.0)
     for start in range(3):  # the best super scale for the ideal values; the largest at an end
         if start == 0:
-            d = round_to_f16(_super_scale(ideal, wl2, slo, shi))
+            d = round_to_f16(super_scale(ideal, wl2, slo, shi))
         else:
             d = round_to_f16(big / (slo if start == 1 else shi))
         for _ in range(4):
@@ -556,7 +365,7 @@ def _encode_q45_k(x, imp, out, nmax, block_bytes):
     for b in range(x.shape[0] // 256):
         o = b * block_bytes
         xb = x[b * 256:b * 256 + 256]
-        _block_weights(x, imp, b * 256, 256, w)
+        block_weights(x, imp, b * 256, 256, w)
         d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L)
         _zero(out, o, block_bytes)
         put_f16(out, o, d)
@@ -587,7 +396,7 @@ def encode_q2_k(x, imp, out):
     L = np.empty(256, np.int32)
     for b in range(x.shape[0] // 256):
         o = b * 84
-        _block_weights(x, imp, b * 256, 256, w)
+        block_weights(x, imp, b * 256, 256, w)
         d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L)
         _zero(out, o, 84)
         for j in range(16):
@@ -610,7 +419,7 @@ def encode_q3_k(x, imp, out):
     L = np.empty(256, np.int32)
     for b in range(x.shape[0] // 256):
         o = b * 110
-        _block_weights(x, imp, b * 256, 256, w)
+        block_weights(x, imp, b * 256, 256, w)
         d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, sc, L)
         _zero(out, o, 110)
         for i in range(256):
@@ -629,7 +438,7 @@ def encode_q6_k(x, imp, out):
     L = np.empty(256, np.int32)
     for b in range(x.shape[0] // 256):
         o = b * 210
-        _block_weights(x, imp, b * 256, 256, w)
+        block_weights(x, imp, b * 256, 256, w)
         d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, Q6K_SCAN, sc, L)
         _zero(out, o, 210)
         for i in range(256):
