@@ -1,22 +1,15 @@
-"""What a benchmark figure was measured on: printed beside every table."""
+"""What a benchmark figure was measured on: printed beside every table.
+
+The description lives in lowbit.eval.machine (the `lowbit bench` command prints it too); this
+module re-exports it for the scripts here and keeps the bandwidth probe they use.
+"""
 from __future__ import annotations
 
-import os
-import platform
 import time
 
 import numpy as np
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from lowbit.eval.machine import cpu_name, describe  # noqa: F401  (re-exported)
 
 
 def memory_bandwidth_gbs(n_bytes: int = 1 << 28, reps: int = 5) -> float:
@@ -29,11 +22,3 @@ def memory_bandwidth_gbs(n_bytes: int = 1 << 28, reps: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t)
     return 2 * n_bytes / best / 1e9
-
-
-def describe(threads: int) -> str:
-    import numba
-    import llvmlite
-    return (f"{cpu_name()}, {os.cpu_count()} cores, {threads} numba threads; Python "
-            f"{platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
-            f"llvmlite {llvmlite.__version__}")

@@ -54,12 +54,8 @@ def set_threads(n: int | None) -> None:
 
 
 def load_model(name_or_path: str):
-    from lowbit.runtime.model import Model
-    from lowbit.runtime.tokenizer import Tokenizer
-    from .model_store import resolve_model
-
-    model = Model.load(resolve_model(name_or_path))
-    return model, Tokenizer(model.gguf.metadata)
+    from .loading import load_model as load
+    return load(name_or_path)
 
 
 def read_text(path: str) -> str:
@@ -73,8 +69,8 @@ def read_text(path: str) -> str:
 
 
 def cmd_perplexity(args) -> int:
-    from .kld import BaseFile, BaseWriter, KLDStats
-    from .perplexity import chunk_tokens, perplexity
+    from .kld import KLDStats, compare_to_base, write_base
+    from .perplexity import perplexity
 
     set_threads(args.threads)
     if args.kl_divergence and not args.kl_divergence_base:
@@ -88,41 +84,33 @@ def cmd_perplexity(args) -> int:
         bar.set_postfix(ppl=f"{ppl:.4f}")
         bar.update(1)
 
-    on_logits, base, writer, stats = None, None, None, None
+    kld = None
     if args.kl_divergence:
-        base = BaseFile(args.kl_divergence_base)
-        bos = tokenizer.bos_id if tokenizer.add_bos else None
-        chunks = chunk_tokens(tokenizer.encode(text), args.ctx_size, args.chunks or base.meta["chunks"], bos)
-        base.check(model.cfg.n_vocab, args.ctx_size, chunks)
-        stats = KLDStats(base)
-        on_logits = stats.add
-        args.chunks = len(chunks)
+        res, kld = compare_to_base(model, tokenizer, text, args.kl_divergence_base, args.ctx_size,
+                                   args.chunks, on_chunk=progress)
     elif args.kl_divergence_base:
-        writer = BaseWriter(model.cfg.n_vocab, args.ctx_size, Path(args.file).name)
-        on_logits = writer.add
-
-    res = perplexity(model, tokenizer, text, args.ctx_size, args.chunks, on_chunk=progress, on_logits=on_logits)
+        res = write_base(model, tokenizer, text, Path(args.file).name, args.kl_divergence_base,
+                         args.ctx_size, args.chunks, on_chunk=progress)
+    else:
+        res = perplexity(model, tokenizer, text, args.ctx_size, args.chunks, on_chunk=progress)
     bar.close()
-    if writer is not None:
-        writer.save(args.kl_divergence_base, res.ppl)
     report = {"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
               "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
               "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}
-    if stats is not None:
-        report["kld"] = stats.summary(res.ppl)
+    if kld is not None:
+        report["kld"] = kld
     if args.json:
         print(json.dumps(report))
         return 0
     print(",".join(f"[{i + 1}]{p:.4f}" for i, p in enumerate(res.running)))
     print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", flush=True)
-    if stats is not None:
-        print(stats.format(report["kld"]))
-    if writer is not None:
+    if kld is not None:
+        print(KLDStats.format(kld))
+    elif args.kl_divergence_base:
         print(f"wrote the base distributions to {args.kl_divergence_base}")
     print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
           file=sys.stderr)
     return 0
-
 
 def sampler_from(args):
     from lowbit.runtime.sampling import Sampler, SamplerSettings
@@ -269,6 +257,83 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import os
+
+    import numba
+
+    from lowbit.runtime.config import read_config
+    from . import speed
+    from .model_store import resolve_model
+
+    prompts = speed.parse_counts(args.n_prompt, "-p", 0)
+    gens = speed.parse_counts(args.n_gen, "-n", 0)
+    reps = speed.parse_count(args.repetitions, "-r", 1)
+    threads = speed.parse_counts(args.threads, "-t") if args.threads else [numba.get_num_threads()]
+    blas_threads = speed.parse_count(args.blas_threads, "--blas-threads", 1)
+    if blas_threads > (os.cpu_count() or 1):
+        raise UsageError(f"--blas-threads must be between 1 and {os.cpu_count()} on this machine, not {blas_threads}")
+    for n in threads:
+        set_threads(n)  # checks each count against the machine before anything runs
+    tests = speed.tests_for(prompts, gens)
+    if not tests:
+        raise UsageError("-p and -n are both 0, so there is nothing to measure")
+    paths = [resolve_model(m) for m in args.models]
+    for path in paths:
+        read_config(open_gguf(path))  # a missing, broken or unsupported file fails here, not midway
+    bar = progress_bar("bench", total=len(paths) * len(threads) * len(tests) * (reps + 1), unit="run")
+
+    def progress(stage, n):
+        if stage:
+            bar.set_postfix_str(stage)
+        bar.update(n)
+
+    results = speed.bench(paths, threads, prompts, gens, reps, set_threads, cold=args.cold,
+                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress)
+    bar.close()
+    print(json.dumps(results, indent=2) if args.json else speed.format_table(results))
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    from .ladder import Ladder, LadderConfig
+    from .machine import describe
+    from .model_store import resolve_model
+    from .report import write_report
+
+    if (args.imatrix is None) == (args.calib is None):
+        raise UsageError("give exactly one of --imatrix FILE and --calib TEXT")
+    for path in (args.file, args.calib, args.imatrix):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{path} does not exist")
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    if not types:
+        raise UsageError("--types needs at least one type")
+    cfg = LadderConfig(
+        model=resolve_model(args.model), eval_text=Path(args.file), out_dir=Path(args.output), types=types,
+        imatrix=Path(args.imatrix) if args.imatrix else None,
+        calib_text=Path(args.calib) if args.calib else None,
+        with_and_without=args.with_and_without_imatrix, n_ctx=args.ctx_size,
+        chunks=args.chunks, calib_chunks=args.calib_chunks, threads=args.threads,
+        bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
+        keep_files=not args.delete_files)
+    set_threads(args.threads)
+    bar = progress_bar("ladder", unit="stage")
+
+    def stage(text):
+        bar.set_description_str(f"ladder: {text}")
+        bar.update(1)
+        if not sys.stderr.isatty():
+            print(f"ladder: {text}", file=sys.stderr, flush=True)
+
+    data = Ladder(cfg, stage, set_threads).run()
+    bar.close()
+    report = write_report(data, cfg.out_dir, describe(args.threads))
+    print(report.read_text())
+    print(f"wrote {report} and {cfg.out_dir / 'results.json'}")
+    return 0
+
+
 def add_sampling_args(s) -> None:
     s.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default 0.8)")
     s.add_argument("--top-k", type=int, default=40)
@@ -346,6 +411,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the per-tensor plan and size only")
     s.add_argument("-t", "--threads", type=int, default=None)
     s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("bench", help="prompt processing and generation speed, as llama-bench",
+                       epilog="-p, -n and -t take comma-separated lists. Each test runs once untimed "
+                              "first. numpy's BLAS (the attention) runs on --blas-threads, not -t: see "
+                              "eval/speed.py for why.")
+    s.add_argument("models", nargs="+", metavar="MODEL")
+    s.add_argument("-p", "--n-prompt", default="512", help="prompt lengths; 0 skips the test (default 512)")
+    s.add_argument("-n", "--n-gen", default="128", help="tokens to generate; 0 skips the test (default 128)")
+    s.add_argument("-t", "--threads", default=None, help="thread counts (default: numba's default)")
+    s.add_argument("-r", "--repetitions", default="5", help="timed runs of each test (default 5)")
+    s.add_argument("--cold", action="store_true",
+                   help="also time a start-up with an empty numba cache (compiles every kernel)")
+    s.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
+    s.add_argument("--blas-threads", default="1", help="threads of numpy's BLAS pool (default 1)")
+    s.add_argument("--json", action="store_true", help="print a JSON list of results instead")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("ladder", help="quantize a model to many types and measure each")
+    s.add_argument("model")
+    s.add_argument("-f", "--file", required=True, help="evaluation text (e.g. wiki.test.raw)")
+    s.add_argument("--imatrix", help="importance matrix to quantize with")
+    s.add_argument("--calib", help="calibration text to collect the importance matrix from")
+    s.add_argument("--calib-chunks", type=int, default=40)
+    s.add_argument("--types", required=True, help="comma-separated types or presets, e.g. Q4_K_M,IQ2_M")
+    s.add_argument("--with-and-without-imatrix", action="store_true",
+                   help="also quantize each type without the importance matrix, where llama.cpp allows it")
+    s.add_argument("-o", "--output", required=True, help="directory for files, results.json and the report")
+    s.add_argument("-c", "--ctx-size", type=int, default=512)
+    s.add_argument("--chunks", type=int, default=20, help="evaluation chunks (default 20)")
+    s.add_argument("-t", "--threads", type=int, default=2)
+    s.add_argument("--bench-prompt", type=int, default=128, help="pp test length (0: none)")
+    s.add_argument("--bench-gen", type=int, default=32, help="tg test length (0: none)")
+    s.add_argument("--bench-reps", type=int, default=2)
+    s.add_argument("--delete-files", action="store_true", help="delete each quantized file once measured")
+    s.set_defaults(func=cmd_ladder)
 
     s = sub.add_parser("models", help="list or pull the known real models")
     s.add_argument("action", choices=["list", "pull"])

@@ -1,0 +1,249 @@
+"""`lowbit ladder`: quantize one model to many types, measure each, and keep the results.
+
+For every requested type (a GGML type or a llama.cpp preset), with the importance matrix and,
+with --with-and-without-imatrix, without it, one entry: the file's size and bits per weight
+(whole file, and over the tensors that took the preset's own type), quantization seconds, PPL
+and KL-divergence against the source model on the evaluation text, and prompt/generation speed.
+
+The source model's exact weights are the base: its distributions on the evaluation text are
+stored once (base.kld) and every entry is compared against them. Everything lands in the output
+directory: results.json is rewritten after each finished entry, so an interrupted ladder starts
+again where it stopped (an entry is recomputed only if its settings changed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lowbit.quant import imatrix as imx
+from lowbit.quant.gguffile import open_gguf
+from lowbit.quant.quantize_model import QuantizeError, quantize_model
+from lowbit.quant.recipes import NEEDS_IMATRIX, PlanOptions, RecipeError, resolve_target
+
+RESULTS = "results.json"
+
+
+class LadderError(ValueError):
+    pass
+
+
+@dataclass
+class LadderConfig:
+    model: Path                      # the source GGUF (its exact weights are the base)
+    eval_text: Path
+    out_dir: Path
+    types: list[str]
+    imatrix: Path | None = None      # an importance matrix file, or
+    calib_text: Path | None = None   # calibration text to collect one from
+    with_and_without: bool = False
+    n_ctx: int = 512
+    chunks: int | None = 20
+    calib_chunks: int | None = 40
+    threads: int = 2
+    bench_prompt: int = 128
+    bench_gen: int = 32
+    bench_reps: int = 2
+    keep_files: bool = True
+
+    def settings(self) -> dict:
+        """What an entry's numbers depend on: a change recomputes the entries."""
+        return {"model": str(self.model), "eval_text": self.eval_text.name, "n_ctx": self.n_ctx,
+                "chunks": self.chunks, "imatrix": str(self.imatrix_path()), "threads": self.threads,
+                "bench": [self.bench_prompt, self.bench_gen, self.bench_reps]}
+
+    def imatrix_path(self) -> Path:
+        return self.imatrix if self.imatrix is not None else self.out_dir / "imatrix.gguf"
+
+
+@dataclass
+class Entry:
+    type: str
+    imatrix: bool
+    status: str = "ok"               # "ok", "requires imatrix", "failed: ..."
+    file: str = ""
+    file_bytes: int = 0
+    n_params: int = 0
+    bpw: float = 0.0                 # whole file, over the quantizable tensors' bytes
+    type_bpw: float = 0.0            # over the tensors that took the preset's own type
+    type_share: float = 0.0          # the share of the weights those tensors hold
+    type_counts: dict = field(default_factory=dict)
+    quantize_seconds: float = 0.0
+    ppl: float = 0.0
+    ppl_error: float = 0.0
+    kld: dict = field(default_factory=dict)
+    pp_tps: float = 0.0
+    tg_tps: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
+
+
+def entries_to_run(cfg: LadderConfig) -> list[Entry]:
+    out = []
+    for name in cfg.types:
+        try:
+            preset, _ = resolve_target(name)
+        except RecipeError as e:
+            raise LadderError(str(e)) from None
+        out.append(Entry(preset.name, True))
+        if cfg.with_and_without:
+            needs = preset.default in NEEDS_IMATRIX or preset.name == "Q2_K_S"
+            out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok"))
+    return out
+
+
+def load_results(cfg: LadderConfig) -> dict:
+    path = cfg.out_dir / RESULTS
+    if not path.exists():
+        return {"settings": cfg.settings(), "base": None, "entries": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise LadderError(f"{path} is not a results file; remove it or choose another -o") from None
+    if data.get("settings") != cfg.settings():
+        # Another model, text, -c, chunks or imatrix: nothing measured before is comparable.
+        data = {"settings": cfg.settings(), "base": None, "entries": {}}
+    return data
+
+
+def save_results(cfg: LadderConfig, data: dict) -> None:
+    path = cfg.out_dir / RESULTS
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _requested_type_share(summary, src, preset_default: str) -> tuple[float, float]:
+    """Bits per weight over the tensors that took the preset's own type, and their weight share."""
+    params = n_bytes = 0
+    for c in summary.choices:
+        if c.qtype.name == preset_default:
+            t = src.tensors[c.name]
+            params += t.n_elements
+            n_bytes += c.qtype.row_bytes(t.n_cols) * (t.n_elements // t.n_cols)
+    bpw = 8.0 * n_bytes / params if params else 0.0
+    return bpw, (params / summary.n_params if summary.n_params else 0.0)
+
+
+class Ladder:
+    """Runs a LadderConfig; `stage(text)` reports what is happening, for a progress line."""
+
+    def __init__(self, cfg: LadderConfig, stage: Callable[[str], None] = lambda s: None,
+                 set_threads: Callable[[int], None] | None = None):
+        self.cfg = cfg
+        self.stage = stage
+        self.set_threads = set_threads or (lambda n: None)
+        self.text = None
+
+    # --- the pieces computed once ---
+
+    def _eval_text(self) -> str:
+        if self.text is None:
+            self.text = self.cfg.eval_text.read_text(encoding="utf-8")
+        return self.text
+
+    def ensure_imatrix(self) -> Path:
+        path = self.cfg.imatrix_path()
+        if path.exists():
+            return path
+        if self.cfg.calib_text is None:
+            raise LadderError(f"the importance matrix {path} does not exist")
+        from .imatrix_collect import collect_imatrix
+        from .loading import load_model
+        self.stage(f"imatrix from {self.cfg.calib_text.name}")
+        model, tok = load_model(self.cfg.model)
+        im = collect_imatrix(model, tok, self.cfg.calib_text.read_text(encoding="utf-8"),
+                             str(self.cfg.calib_text), self.cfg.n_ctx, self.cfg.calib_chunks)
+        imx.save(im, path)
+        return path
+
+    def ensure_base(self, data: dict) -> Path:
+        path = self.cfg.out_dir / "base.kld"
+        if data.get("base") and path.exists():
+            return path
+        from .kld import write_base
+        from .loading import load_model
+        self.stage("base distributions")
+        model, tok = load_model(self.cfg.model)
+        res = write_base(model, tok, self._eval_text(), self.cfg.eval_text.name, path,
+                         self.cfg.n_ctx, self.cfg.chunks)
+        src_bytes = self.cfg.model.stat().st_size
+        data["base"] = {"file": str(self.cfg.model), "file_bytes": src_bytes, "ppl": res.ppl,
+                        "ppl_error": res.ppl_error, "chunks": res.n_chunks}
+        data["base"].update(self._speed(self.cfg.model))
+        save_results(self.cfg, data)
+        return path
+
+    # --- one entry ---
+
+    def _speed(self, path: Path) -> dict:
+        from .speed import bench
+        c = self.cfg
+        if not (c.bench_prompt or c.bench_gen):
+            return {}
+        rows = bench([path], [c.threads], [c.bench_prompt] if c.bench_prompt else [],
+                     [c.bench_gen] if c.bench_gen else [], c.bench_reps, self.set_threads,
+                     startup_runs=False)
+        out = {}
+        for r in rows:
+            out["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
+        return out
+
+    def run_entry(self, entry: Entry, base: Path, im) -> Entry:
+        c = self.cfg
+        preset, _ = resolve_target(entry.type)
+        suffix = "" if entry.imatrix else "-noimatrix"
+        out = c.out_dir / f"{c.model.stem}-{entry.type}{suffix}.gguf"
+        src = open_gguf(c.model)
+        self.stage(f"{entry.key}: quantize")
+        try:
+            summary = quantize_model(src, out, PlanOptions(entry.type), im if entry.imatrix else None,
+                                     allow_requantize=True, imatrix_path=str(c.imatrix_path()) if entry.imatrix else None)
+        except QuantizeError as e:
+            entry.status = f"failed: {e}"
+            return entry
+        entry.file, entry.file_bytes = str(out), summary.file_bytes
+        entry.n_params, entry.bpw = summary.n_params, summary.bpw
+        entry.type_bpw, entry.type_share = _requested_type_share(summary, src, preset.default)
+        entry.type_counts = dict(summary.type_counts)
+        entry.quantize_seconds = summary.seconds
+        from .kld import compare_to_base
+        from .loading import load_model
+        self.stage(f"{entry.key}: perplexity and KLD")
+        start = time.perf_counter()
+        model, tok = load_model(out)
+        res, kld = compare_to_base(model, tok, self._eval_text(), base, c.n_ctx, c.chunks)
+        entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
+        entry.eval_seconds = time.perf_counter() - start
+        del model
+        self.stage(f"{entry.key}: speed")
+        speed = self._speed(out)
+        entry.pp_tps, entry.tg_tps = speed.get("pp_tps", 0.0), speed.get("tg_tps", 0.0)
+        if not c.keep_files:
+            out.unlink()
+        return entry
+
+    def run(self) -> dict:
+        c = self.cfg
+        todo = entries_to_run(c)
+        if not c.out_dir.is_dir():
+            c.out_dir.mkdir(parents=True)
+        self.set_threads(c.threads)
+        data = load_results(c)
+        im = imx.load(self.ensure_imatrix()) if any(e.imatrix for e in todo) else None
+        base = self.ensure_base(data)
+        for entry in todo:
+            done = data["entries"].get(entry.key)
+            if done is not None and not done["status"].startswith("failed"):
+                continue
+            if entry.status == "ok":
+                entry = self.run_entry(entry, base, im)
+            data["entries"][entry.key] = asdict(entry)
+            save_results(c, data)
+        return data

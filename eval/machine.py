@@ -1,0 +1,91 @@
+"""What a figure was measured on (CPU, versions), and the BLAS thread pool behind numpy.
+
+The BLAS pool matters because numpy's matmul (used by the attention in runtime/ops.py) runs on
+OpenBLAS's own threads, beside numba's. Environment variables (OPENBLAS_NUM_THREADS) are read
+only when numpy is imported, which the `lowbit` command has done before it parses `-t`; so the
+pool is resized afterwards through OpenBLAS's own C entry point, found among the libraries this
+process has loaded (what threadpoolctl does, without the dependency).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe(threads: int) -> str:
+    import llvmlite
+    import numba
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {threads} numba threads; Python "
+            f"{platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
+            f"llvmlite {llvmlite.__version__}")
+
+
+# (set, get) entry points, by the prefix and suffix the OpenBLAS build uses: numpy's wheels
+# bundle scipy-openblas (64-bit integers, prefixed symbols); distributions ship plain ones.
+_OPENBLAS_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+)
+
+
+@dataclass
+class BlasPool:
+    """OpenBLAS's thread pool in this process."""
+    path: str
+    _set: object
+    _get: object
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def get(self) -> int:
+        return int(self._get())
+
+    def set(self, n: int) -> None:
+        self._set(ctypes.c_int(n))
+
+
+def _loaded_libraries() -> list[str]:
+    try:
+        with open("/proc/self/maps") as f:
+            fields = [line.split(None, 5) for line in f]
+            paths = {parts[5].strip() for parts in fields if len(parts) == 6}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/") and ".so" in os.path.basename(p))
+
+
+def blas_pool() -> BlasPool | None:
+    """numpy's OpenBLAS pool if one is loaded and found (Linux), else None."""
+    np.ones((2, 2), dtype=np.float32) @ np.ones((2, 2), dtype=np.float32)  # make sure BLAS is loaded
+    for path in _loaded_libraries():
+        if "blas" not in os.path.basename(path).lower():
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        for set_name, get_name in _OPENBLAS_SYMBOLS:
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                setter, getter = getattr(lib, set_name), getattr(lib, get_name)
+                setter.restype, getter.restype = None, ctypes.c_int
+                return BlasPool(path, setter, getter)
+    return None

@@ -1,0 +1,144 @@
+"""The ladder's report: a markdown table and two PNG plots, each captioned with what was measured
+(model, text, chunks, threads, machine)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+MiB = 2 ** 20
+
+
+def caption(data: dict, machine: str) -> str:
+    s = data["settings"]
+    chunks = data["base"]["chunks"] if data.get("base") else s["chunks"]
+    p, n, r = s["bench"]
+    return (f"{Path(s['model']).name} on {s['eval_text']}, -c {s['n_ctx']}, {chunks} chunks; "
+            f"importance matrix {Path(s['imatrix']).name}; speed pp{p}/tg{n}, {r} reps, "
+            f"{s['threads']} threads; {machine}")
+
+
+def ok_entries(data: dict) -> list[dict]:
+    rows = [e for e in data["entries"].values() if e["status"] == "ok"]
+    return sorted(rows, key=lambda e: (-e["bpw"], not e["imatrix"]))
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (smaller x and smaller y), by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best_y = [], float("inf")
+    for i in order:
+        if points[i][1] < best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def _type_bpw(e: dict) -> str:
+    if not e["type_share"]:
+        return "none took it"
+    return f"{e['type_bpw']:.3f} ({100 * e['type_share']:.0f} %)"
+
+
+def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
+    base = data["base"]
+    lines = [f"# Quantization ladder: {Path(data['settings']['model']).name}", "",
+             caption(data, machine), ""]
+    if base:
+        lines += [f"Base (the source file's exact weights): {base['file_bytes'] / MiB:.1f} MiB, "
+                  f"PPL {base['ppl']:.4f} +/- {base['ppl_error']:.4f}"
+                  + (f", pp {base['pp_tps']:.0f} t/s, tg {base['tg_tps']:.1f} t/s" if "pp_tps" in base else ""),
+                  ""]
+    lines += [
+        "bpw (file): bits per weight over all quantizable tensors; bpw (type): over the tensors that "
+        "took the preset's own type, with their share of the weights (the rest are fallbacks, the "
+        "embedding and the tensors the preset's rules favour). KLD against the base, mean +/- its "
+        "standard error; same top: how often the most likely token agrees.", "",
+        "| type | imatrix | MiB | bpw (file) | bpw (type, share) | quantize s | PPL | PPL ratio "
+        "| mean KLD | 99% KLD | same top | pp t/s | tg t/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in sorted(data["entries"].values(), key=lambda e: (-(e["bpw"] or 0), not e["imatrix"])):
+        im = "yes" if e["imatrix"] else "no"
+        if e["status"] != "ok":
+            lines.append(f"| {e['type']} | {im} | {e['status']} |  |  |  |  |  |  |  |  |  |  |")
+            continue
+        k = e["kld"]
+        lines.append(
+            f"| {e['type']} | {im} | {e['file_bytes'] / MiB:.1f} | {e['bpw']:.3f} "
+            f"| {_type_bpw(e)} | {e['quantize_seconds']:.1f} "
+            f"| {e['ppl']:.4f} | {k['ppl_ratio']:.4f} | {k['mean']:.5f} +/- {k['stderr']:.5f} "
+            f"| {k['p99']:.4f} | {100 * k['same_top']:.2f} % | {e['pp_tps']:.0f} | {e['tg_tps']:.1f} |")
+    for p in plots:
+        lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(title: str, cap: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.text(0.01, 0.01, cap, fontsize=7, wrap=True, va="bottom")
+    fig.subplots_adjust(bottom=0.16)
+    return fig, ax, plt
+
+
+def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = None) -> Path:
+    """Mean KLD against bits per weight (log y), with and without imatrix, the Pareto front
+    drawn through the best entries; `extra` adds other series (name, points)."""
+    rows = ok_entries(data)
+    fig, ax, plt = _figure("KL-divergence against size", caption(data, machine))
+    for with_im, marker, label in ((True, "o", "with importance matrix"), (False, "s", "without")):
+        sel = [e for e in rows if e["imatrix"] == with_im]
+        if not sel:
+            continue
+        ax.scatter([e["bpw"] for e in sel], [e["kld"]["mean"] for e in sel], marker=marker,
+                   facecolors="C0" if with_im else "none", edgecolors="C0", label=label, zorder=3)
+        for e in sel:
+            ax.annotate(e["type"], (e["bpw"], e["kld"]["mean"]), fontsize=7,
+                        xytext=(4, 2 if with_im else -8), textcoords="offset points")
+    for i, series in enumerate(extra or []):
+        ax.scatter([p[0] for p in series["points"]], [p[1] for p in series["points"]], marker="^",
+                   color=f"C{i + 2}", label=series["name"], zorder=3)
+    pts = [(e["bpw"], e["kld"]["mean"]) for e in rows]
+    front = pareto(pts)
+    if front:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C1",
+                label="Pareto front", zorder=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (whole file)")
+    ax.set_ylabel("mean KL-divergence to the base (nats)")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_speed(data: dict, path: Path, machine: str) -> Path:
+    rows = [e for e in ok_entries(data) if e["imatrix"] or not any(
+        o["imatrix"] and o["type"] == e["type"] for o in ok_entries(data))]
+    fig, ax, plt = _figure("Speed against size", caption(data, machine))
+    s = data["settings"]["bench"]
+    for key, label, color in (("pp_tps", f"prompt processing (pp{s[0]})", "C0"),
+                              ("tg_tps", f"generation (tg{s[1]})", "C3")):
+        sel = [e for e in rows if e[key]]
+        ax.scatter([e["bpw"] for e in sel], [e[key] for e in sel], color=color, label=label)
+        for e in sel:
+            ax.annotate(e["type"], (e["bpw"], e[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (whole file)")
+    ax.set_ylabel("tokens/s")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(data: dict, out_dir: Path, machine: str) -> Path:
+    plots = []
+    if ok_entries(data):
+        plots = [plot_kld(data, out_dir / "kld_vs_bpw.png", machine),
+                 plot_speed(data, out_dir / "speed_vs_bpw.png", machine)]
+    path = out_dir / "report.md"
+    path.write_text(markdown(data, machine, [str(p) for p in plots]))
+    return path

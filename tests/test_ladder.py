@@ -1,0 +1,102 @@
+"""The ladder: entries measured and reported, resumed after an interruption without recomputing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lowbit.eval import ladder as L
+from lowbit.eval.report import pareto
+
+from synthetic import build_model
+
+TEXT = "the cat sat on the mat and then the dog ate the cat. a bird sang on the tree. " * 30
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ladder")
+    model = build_model(d / "m.gguf", "llama", "F16", embd_type="F16")
+    text = d / "t.txt"
+    text.write_text(TEXT)
+    return model, text
+
+
+def config(setup, out, types=("Q4_K_M", "IQ2_XXS")):
+    model, text = setup
+    return L.LadderConfig(model=model, eval_text=text, out_dir=out, types=list(types), calib_text=text,
+                          with_and_without=True, n_ctx=32, chunks=3, calib_chunks=4, threads=1,
+                          bench_prompt=8, bench_gen=4, bench_reps=1)
+
+
+def test_pareto_front():
+    pts = [(2.0, 1.0), (3.0, 0.5), (2.5, 2.0), (4.0, 0.5), (1.5, 3.0)]
+    assert pareto(pts) == [4, 0, 1]
+
+
+def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
+    out = tmp_path / "ladder"
+    cfg = config(setup, out)
+    calls = {"n": 0}
+    real = L.Ladder.run_entry
+
+    def interrupted(self, entry, base, im):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user stops the ladder in the second entry
+        return real(self, entry, base, im)
+
+    monkeypatch.setattr(L.Ladder, "run_entry", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        L.Ladder(cfg).run()
+    first = json.loads((out / "results.json").read_text())
+    assert list(first["entries"]) == ["Q4_K_M/imatrix"]
+
+    stages = []
+    data = L.Ladder(cfg, stages.append).run()
+    # Resumed: the finished entry, the base and the imatrix are not computed again.
+    assert calls["n"] == 4 and not any("Q4_K_M/imatrix" in s or "base" in s or "imatrix from" in s
+                                      for s in stages)
+    e = data["entries"]
+    assert set(e) == {"Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix", "IQ2_XXS/none"}
+    assert e["IQ2_XXS/none"]["status"] == "requires imatrix"
+    for key in ("Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix"):
+        r = e[key]
+        assert r["status"] == "ok" and r["ppl"] > 1 and r["kld"]["tokens"] == 3 * 15
+        assert r["kld"]["mean"] > 0 and r["pp_tps"] > 0 and r["tg_tps"] > 0
+        assert 0 < r["type_share"] <= 1
+    assert e["IQ2_XXS/imatrix"]["type_bpw"] == pytest.approx(2.0625)
+    assert e["IQ2_XXS/imatrix"]["bpw"] < e["Q4_K_M/imatrix"]["bpw"]
+    assert e["IQ2_XXS/imatrix"]["kld"]["mean"] > e["Q4_K_M/imatrix"]["kld"]["mean"]
+
+    monkeypatch.setattr(L.Ladder, "run_entry", lambda *a: pytest.fail("recomputed a finished entry"))
+    assert L.Ladder(cfg).run()["entries"] == e
+
+
+def test_cli_ladder_writes_report_and_plots(setup, tmp_path):
+    model, text = setup
+    out = tmp_path / "lad"
+    done = subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "ladder", str(model), "-f", str(text),
+                           "--calib", str(text), "--calib-chunks", "4", "--types", "Q8_0,Q3_K_M", "-o", str(out),
+                           "-c", "32", "--chunks", "2", "-t", "1", "--bench-prompt", "8", "--bench-gen", "4",
+                           "--bench-reps", "1", "--delete-files"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = (out / "report.md").read_text()
+    assert "| Q8_0 | yes |" in report and "| Q3_K_M | yes |" in report and "m.gguf on t.txt" in report
+    assert (out / "kld_vs_bpw.png").stat().st_size > 10_000 and (out / "speed_vs_bpw.png").exists()
+    assert not list(out.glob("m-*.gguf"))  # --delete-files
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--types", "Q4_K_M"], "give exactly one of --imatrix FILE and --calib TEXT"),
+    (["--types", "Q9_X", "--calib", "{text}"], "unknown type or preset 'Q9_X'"),
+    (["--types", "Q4_K_M", "--imatrix", "missing.imatrix"], "missing.imatrix does not exist"),
+])
+def test_cli_ladder_bad_input(setup, tmp_path, args, fragment):
+    model, text = setup
+    args = [a.format(text=text) for a in args]
+    done = subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "ladder", str(model), "-f", str(text),
+                           "-o", str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and fragment in done.stderr and "Traceback" not in done.stderr
