@@ -8,7 +8,11 @@ and KL-divergence against the source model on the evaluation text, and prompt/ge
 The source model's exact weights are the base: its distributions on the evaluation text are
 stored once (base.kld) and every entry is compared against them. Everything lands in the output
 directory: results.json is rewritten after each finished entry, so an interrupted ladder starts
-again where it stopped (an entry is recomputed only if its settings changed).
+again where it stopped. Quality (the file, PPL, KLD) is recomputed only when the model, text,
+-c, chunks or importance matrix change; speed is measured apart and again only when the threads
+or test lengths change, so a ladder can be run with --bench-prompt 0 --bench-gen 0 on a busy
+machine and have its speed filled in later on a quiet one (numba's parallel loops lose far more
+than their share when other processes compete for the cores).
 """
 from __future__ import annotations
 
@@ -50,10 +54,16 @@ class LadderConfig:
     keep_files: bool = True
 
     def settings(self) -> dict:
-        """What an entry's numbers depend on: a change recomputes the entries."""
+        """What an entry's quality depends on: a change recomputes every entry."""
         return {"model": str(self.model), "eval_text": self.eval_text.name, "n_ctx": self.n_ctx,
-                "chunks": self.chunks, "imatrix": str(self.imatrix_path()), "threads": self.threads,
-                "bench": [self.bench_prompt, self.bench_gen, self.bench_reps]}
+                "chunks": self.chunks, "imatrix": str(self.imatrix_path())}
+
+    def speed_settings(self) -> dict | None:
+        """What an entry's speed depends on (None: no speed tests asked for)."""
+        if not (self.bench_prompt or self.bench_gen):
+            return None
+        return {"threads": self.threads, "pp": self.bench_prompt, "tg": self.bench_gen,
+                "reps": self.bench_reps}
 
     def imatrix_path(self) -> Path:
         return self.imatrix if self.imatrix is not None else self.out_dir / "imatrix.gguf"
@@ -75,9 +85,8 @@ class Entry:
     ppl: float = 0.0
     ppl_error: float = 0.0
     kld: dict = field(default_factory=dict)
-    pp_tps: float = 0.0
-    tg_tps: float = 0.0
     eval_seconds: float = 0.0
+    speed: dict = field(default_factory=dict)   # settings, pp_tps, tg_tps (empty: not measured)
 
     @property
     def key(self) -> str:
@@ -176,24 +185,26 @@ class Ladder:
         src_bytes = self.cfg.model.stat().st_size
         data["base"] = {"file": str(self.cfg.model), "file_bytes": src_bytes, "ppl": res.ppl,
                         "ppl_error": res.ppl_error, "chunks": res.n_chunks}
-        data["base"].update(self._speed(self.cfg.model))
         save_results(self.cfg, data)
         return path
 
     # --- one entry ---
 
-    def _speed(self, path: Path) -> dict:
+    def measure_speed(self, record: dict, path: Path, what: str) -> None:
+        """Fill record["speed"] unless it holds a measurement with the current settings."""
         from .speed import bench
         c = self.cfg
-        if not (c.bench_prompt or c.bench_gen):
-            return {}
+        wanted = c.speed_settings()
+        if wanted is None or record.get("speed", {}).get("settings") == wanted or not path.exists():
+            return
+        self.stage(f"{what}: speed")
         rows = bench([path], [c.threads], [c.bench_prompt] if c.bench_prompt else [],
                      [c.bench_gen] if c.bench_gen else [], c.bench_reps, self.set_threads,
                      startup_runs=False)
-        out = {}
+        speed = {"settings": wanted}
         for r in rows:
-            out["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
-        return out
+            speed["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
+        record["speed"] = speed
 
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
@@ -221,12 +232,6 @@ class Ladder:
         res, kld = compare_to_base(model, tok, self._eval_text(), base, c.n_ctx, c.chunks)
         entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
         entry.eval_seconds = time.perf_counter() - start
-        del model
-        self.stage(f"{entry.key}: speed")
-        speed = self._speed(out)
-        entry.pp_tps, entry.tg_tps = speed.get("pp_tps", 0.0), speed.get("tg_tps", 0.0)
-        if not c.keep_files:
-            out.unlink()
         return entry
 
     def run(self) -> dict:
@@ -238,12 +243,18 @@ class Ladder:
         data = load_results(c)
         im = imx.load(self.ensure_imatrix()) if any(e.imatrix for e in todo) else None
         base = self.ensure_base(data)
+        self.measure_speed(data["base"], c.model, "base")
+        save_results(c, data)
         for entry in todo:
-            done = data["entries"].get(entry.key)
-            if done is not None and not done["status"].startswith("failed"):
-                continue
-            if entry.status == "ok":
-                entry = self.run_entry(entry, base, im)
-            data["entries"][entry.key] = asdict(entry)
-            save_results(c, data)
+            record = data["entries"].get(entry.key)
+            if record is None or record["status"].startswith("failed"):
+                if entry.status == "ok":
+                    entry = self.run_entry(entry, base, im)
+                record = data["entries"][entry.key] = asdict(entry)
+                save_results(c, data)
+            if record["status"] == "ok" and record["file"]:
+                self.measure_speed(record, Path(record["file"]), entry.key)
+                if not c.keep_files:
+                    Path(record["file"]).unlink(missing_ok=True)
+                save_results(c, data)
         return data

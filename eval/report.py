@@ -10,10 +10,25 @@ MiB = 2 ** 20
 def caption(data: dict, machine: str) -> str:
     s = data["settings"]
     chunks = data["base"]["chunks"] if data.get("base") else s["chunks"]
-    p, n, r = s["bench"]
+    sp = speed_settings(data)
+    speed = (f"speed pp{sp['pp']}/tg{sp['tg']}, {sp['reps']} reps, {sp['threads']} threads"
+             if sp else "speed not measured")
     return (f"{Path(s['model']).name} on {s['eval_text']}, -c {s['n_ctx']}, {chunks} chunks; "
-            f"importance matrix {Path(s['imatrix']).name}; speed pp{p}/tg{n}, {r} reps, "
-            f"{s['threads']} threads; {machine}")
+            f"importance matrix {Path(s['imatrix']).name}; {speed}; {machine}")
+
+
+def speed_settings(data: dict) -> dict | None:
+    """The speed settings of the base measurement (the entries' are reported only if equal)."""
+    return (data.get("base") or {}).get("speed", {}).get("settings")
+
+
+def tps(e: dict, data: dict, key: str) -> float | None:
+    sp = e.get("speed", {})
+    return sp.get(key) if sp.get("settings") == speed_settings(data) else None
+
+
+def _tps_cell(v: float | None, digits: int) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
 
 
 def ok_entries(data: dict) -> list[dict]:
@@ -45,7 +60,8 @@ def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
     if base:
         lines += [f"Base (the source file's exact weights): {base['file_bytes'] / MiB:.1f} MiB, "
                   f"PPL {base['ppl']:.4f} +/- {base['ppl_error']:.4f}"
-                  + (f", pp {base['pp_tps']:.0f} t/s, tg {base['tg_tps']:.1f} t/s" if "pp_tps" in base else ""),
+                  + (f", pp {tps(base, data, 'pp_tps') or 0:.0f} t/s, tg {tps(base, data, 'tg_tps') or 0:.1f} t/s"
+                     if speed_settings(data) else ""),
                   ""]
     lines += [
         "bpw (file): bits per weight over all quantizable tensors; bpw (type): over the tensors that "
@@ -65,7 +81,8 @@ def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
             f"| {e['type']} | {im} | {e['file_bytes'] / MiB:.1f} | {e['bpw']:.3f} "
             f"| {_type_bpw(e)} | {e['quantize_seconds']:.1f} "
             f"| {e['ppl']:.4f} | {k['ppl_ratio']:.4f} | {k['mean']:.5f} +/- {k['stderr']:.5f} "
-            f"| {k['p99']:.4f} | {100 * k['same_top']:.2f} % | {e['pp_tps']:.0f} | {e['tg_tps']:.1f} |")
+            f"| {k['p99']:.4f} | {100 * k['same_top']:.2f} % | {_tps_cell(tps(e, data, 'pp_tps'), 0)} "
+            f"| {_tps_cell(tps(e, data, 'tg_tps'), 1)} |")
     for p in plots:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(lines) + "\n"
@@ -118,13 +135,13 @@ def plot_speed(data: dict, path: Path, machine: str) -> Path:
     rows = [e for e in ok_entries(data) if e["imatrix"] or not any(
         o["imatrix"] and o["type"] == e["type"] for o in ok_entries(data))]
     fig, ax, plt = _figure("Speed against size", caption(data, machine))
-    s = data["settings"]["bench"]
-    for key, label, color in (("pp_tps", f"prompt processing (pp{s[0]})", "C0"),
-                              ("tg_tps", f"generation (tg{s[1]})", "C3")):
-        sel = [e for e in rows if e[key]]
-        ax.scatter([e["bpw"] for e in sel], [e[key] for e in sel], color=color, label=label)
-        for e in sel:
-            ax.annotate(e["type"], (e["bpw"], e[key]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    s = speed_settings(data)
+    for key, label, color in (("pp_tps", f"prompt processing (pp{s['pp']})", "C0"),
+                              ("tg_tps", f"generation (tg{s['tg']})", "C3")):
+        sel = [(e, tps(e, data, key)) for e in rows if tps(e, data, key)]
+        ax.scatter([e["bpw"] for e, _ in sel], [v for _, v in sel], color=color, label=label)
+        for e, v in sel:
+            ax.annotate(e["type"], (e["bpw"], v), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_yscale("log")
     ax.set_xlabel("bits per weight (whole file)")
     ax.set_ylabel("tokens/s")
@@ -137,8 +154,9 @@ def plot_speed(data: dict, path: Path, machine: str) -> Path:
 def write_report(data: dict, out_dir: Path, machine: str) -> Path:
     plots = []
     if ok_entries(data):
-        plots = [plot_kld(data, out_dir / "kld_vs_bpw.png", machine),
-                 plot_speed(data, out_dir / "speed_vs_bpw.png", machine)]
+        plots = [plot_kld(data, out_dir / "kld_vs_bpw.png", machine)]
+        if speed_settings(data):
+            plots.append(plot_speed(data, out_dir / "speed_vs_bpw.png", machine))
     path = out_dir / "report.md"
     path.write_text(markdown(data, machine, [str(p) for p in plots]))
     return path

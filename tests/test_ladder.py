@@ -65,7 +65,7 @@ def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
     for key in ("Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix"):
         r = e[key]
         assert r["status"] == "ok" and r["ppl"] > 1 and r["kld"]["tokens"] == 3 * 15
-        assert r["kld"]["mean"] > 0 and r["pp_tps"] > 0 and r["tg_tps"] > 0
+        assert r["kld"]["mean"] > 0 and r["speed"]["pp_tps"] > 0 and r["speed"]["tg_tps"] > 0
         assert 0 < r["type_share"] <= 1
     assert e["IQ2_XXS/imatrix"]["type_bpw"] == pytest.approx(2.0625)
     assert e["IQ2_XXS/imatrix"]["bpw"] < e["Q4_K_M/imatrix"]["bpw"]
@@ -73,6 +73,11 @@ def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(L.Ladder, "run_entry", lambda *a: pytest.fail("recomputed a finished entry"))
     assert L.Ladder(cfg).run()["entries"] == e
+    # New speed settings re-measure speed only.
+    cfg.bench_gen = 2
+    again = L.Ladder(cfg).run()["entries"]
+    assert again["Q4_K_M/none"]["speed"]["settings"]["tg"] == 2
+    assert again["Q4_K_M/none"]["kld"] == e["Q4_K_M/none"]["kld"]
 
 
 def test_cli_ladder_writes_report_and_plots(setup, tmp_path):
