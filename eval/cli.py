@@ -45,6 +45,13 @@ def cmd_models(args) -> int:
 
 
 def set_threads(n: int | None) -> None:
+    """numba's threads (-t); numpy's OpenBLAS pool always to one thread: its idle threads spin
+    on the cores numba's parallel loops need next (measured 2-3x slower prompts with 2 BLAS
+    threads on 2 cores; eval/speed.py). `lowbit bench` sets the pool itself (--blas-threads)."""
+    from .machine import blas_pool
+    pool = blas_pool()
+    if pool is not None:
+        pool.set(1)
     if n is None:
         return
     import numba

@@ -16,11 +16,11 @@ resident set once their pages have been read.
 
 Threads: -t sets numba's pool, which runs every quantized matrix product. numpy's matmul, which
 the attention uses (runtime/ops.py), runs on OpenBLAS's own pool, sized to all cores by default
-whatever -t says. The two pools take turns (the forward pass is sequential), but OpenBLAS's idle
-workers keep spinning for a while after each call, on the cores numba's threads need next. On
-this 2-core machine (shared with other jobs; SmolLM2, 256-token prompt) that cost 2-3x: 284
-tokens/s with numba 1 + BLAS 1 thread against 85 with numba 1 + BLAS 2, and 120 against 54 with
-numba 2. The attention is a few percent of a prompt's arithmetic, so the bench runs BLAS on one
+whatever -t says. The two pools take turns (the forward pass is sequential), yet a second BLAS
+thread cost 2-3x on this 2-core machine while it was shared with other jobs (2026-11-25, SmolLM2,
+256-token prompt, interleaved runs): 284 tokens/s with numba 1 + BLAS 1 thread against 85 with
+numba 1 + BLAS 2, and 120 against 54 with numba 2; most likely OpenBLAS's idle workers spinning
+after each call on the cores numba's threads need next. The attention is a few percent of a prompt's arithmetic, so the bench runs BLAS on one
 thread (blas_threads; `lowbit bench --blas-threads`), set through OpenBLAS's C entry point
 (lowbit.eval.machine.blas_pool) since OPENBLAS_NUM_THREADS is read only when numpy is imported,
 which has happened before -t is parsed; the start-up child gets OPENBLAS_NUM_THREADS instead.
@@ -119,6 +119,7 @@ class ModelInfo:
     path: Path
     name: str            # general.name, else the file name without .gguf
     arch: str
+    label: str           # as llama-bench's model column: architecture and size ("llama 135M")
     file_type: str       # the llama.cpp preset (Q4_K_M ...), else the dominant matrix type
     file_bytes: int
     n_params: int
@@ -141,10 +142,12 @@ def file_type_name(gguf) -> str:
 
 
 def model_info(gguf) -> ModelInfo:
+    n_params = sum(t.n_elements for t in gguf.tensors.values())
+    size = gguf.metadata.get("general.size_label") or (
+        f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{max(1, round(n_params / 1e6))}M")
     return ModelInfo(path=gguf.path, name=str(gguf.metadata.get("general.name") or gguf.path.stem),
-                     arch=gguf.architecture, file_type=file_type_name(gguf),
-                     file_bytes=gguf.path.stat().st_size,
-                     n_params=sum(t.n_elements for t in gguf.tensors.values()))
+                     arch=gguf.architecture, label=f"{gguf.architecture} {size}",
+                     file_type=file_type_name(gguf), file_bytes=gguf.path.stat().st_size, n_params=n_params)
 
 
 def synthetic_tokens(gguf, n_vocab: int, n: int, seed: int = SEED) -> np.ndarray:
@@ -299,19 +302,35 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
     """Benchmark each model at each thread count; one result dict per (model, threads, test).
 
     set_threads(n) sets numba's threads. numpy's BLAS pool (the attention's matmuls) is set to
-    blas_threads for the whole run (see the module docstring for why 1 is the default).
+    blas_threads for the run and restored afterwards (see the module docstring for why 1 is the
+    default). "rss_after_imports" is the resident set when the call begins: in `lowbit bench`,
+    after the imports and before any model is loaded.
     """
-    import numba
-
     from lowbit.runtime.model import Model
 
-    from .machine import blas_pool, cpu_name
+    from .machine import blas_pool
 
-    progress = progress or (lambda stage, n: None)
-    tests = tests_for(prompts, gens)
     pool = blas_pool()
-    if pool is not None:
-        pool.set(blas_threads)
+    before = pool.get() if pool is not None else None
+    try:
+        if pool is not None:
+            pool.set(blas_threads)
+        return _bench(Model, pool, paths, threads, prompts, gens, reps, set_threads, cold,
+                      startup_runs, blas_threads, progress or (lambda stage, n: None))
+    finally:
+        if pool is not None:
+            pool.set(before)
+
+
+def _bench(Model, pool, paths, threads, prompts, gens, reps, set_threads, cold, startup_runs,
+           blas_threads, progress) -> list[dict]:
+    import gc
+
+    import numba
+
+    from .machine import cpu_name
+
+    tests = tests_for(prompts, gens)
     rss_imports = rss_bytes()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     common = {"cpu_info": cpu_name(), "n_cores": os.cpu_count(),
@@ -326,7 +345,6 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
             if cold:
                 progress(f"{Path(path).name}: cold start-up", 0)
                 starts.append(startup(path, threads[0], fresh_cache=True, blas_threads=blas_threads))
-        import gc
         gc.collect()
         peak_reset = reset_peak_rss()
         model = Model.load(path)
@@ -338,7 +356,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
         for n_threads in threads:
             set_threads(n_threads)
             for test in tests:
-                progress(f"{info.name} t={n_threads} {test.name}", 0)
+                progress(f"{info.label} t={n_threads} {test.name}", 0)
                 seconds = run_test(model, cache, tokens, test, reps, lambda: progress("", 1))
                 tps = [test.n / s for s in seconds]
                 avg_ts, std_ts = mean_std(tps)
@@ -346,7 +364,8 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                 rows.append({
                     **common, "numba_threading_layer": _threading_layer(numba),
                     "n_blas_threads": pool.get() if pool else None,
-                    "model_filename": str(info.path), "model_name": info.name, "model_type": info.arch,
+                    "model_filename": str(info.path), "model_name": info.name, "model_arch": info.arch,
+                    "model_type": info.label,
                     "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
                     "n_threads": numba.get_num_threads(), "test": test.name,
                     "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
@@ -388,7 +407,7 @@ def format_table(results: list[dict]) -> str:
     """The llama-bench markdown table, then memory, start-up and machine lines."""
     head = ["model", "size", "params", "type", "threads", "test", "t/s"]
     right = {"size", "params", "threads", "test", "t/s"}
-    body = [[r["model_name"], _size(r["model_size"]), _count(r["model_n_params"]), r["file_type"],
+    body = [[r["model_type"], _size(r["model_size"]), _count(r["model_n_params"]), r["file_type"],
              str(r["n_threads"]), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
 
@@ -407,11 +426,11 @@ def format_table(results: list[dict]) -> str:
         seen.add(r["model_filename"])
         m = r["memory"]
         peak = "peak RSS" if m["peak_is_per_model"] else "process peak RSS so far"
-        out.append(f"memory {r['model_name']}: {peak} {m['peak_rss'] / 2**20:.1f} MiB, "
+        out.append(f"memory {r['model_type']} {r['file_type']}: {peak} {m['peak_rss'] / 2**20:.1f} MiB, "
                    f"{m['peak_above_imports'] / 2**20:.1f} MiB above the {m['rss_after_imports'] / 2**20:.1f} MiB "
                    f"resident after imports; file {r['model_size'] / 2**20:.1f} MiB")
         for s in r["startup"]:
-            out.append(f"start-up {r['model_name']} (numba cache {s['cache']}, {s['kernels_compiled']} kernels "
+            out.append(f"start-up {r['model_type']} {r['file_type']} (numba cache {s['cache']}, {s['kernels_compiled']} kernels "
                        f"compiled, {s['threads']} threads): first token {s['first_token_seconds']:.2f} s after "
                        f"the load began (load {s['load_seconds']:.2f} s + {s['prompt_tokens']}-token prompt "
                        f"{s['prompt_seconds']:.2f} s, {s['warm_prompt_seconds']:.2f} s when repeated), first "

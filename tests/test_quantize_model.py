@@ -133,3 +133,19 @@ def test_imatrix_keys_and_refusals(f32_model, tmp_path):
     done = lowbit("quantize", f32_model, tmp_path / "plan.gguf", "Q4_K_M", "--dry-run")
     assert done.returncode == 0 and "blk.0.attn_v.weight" in done.stdout
     assert not (tmp_path / "plan.gguf").exists()
+
+
+def test_forced_types_that_cannot_be_made_are_refused(tmp_path):
+    # rows of 96 weights: whole 32-blocks, no 256-blocks
+    narrow = build_model(tmp_path / "narrow.gguf", "llama", "F32", embd_type="F32", n_layer=1,
+                         n_embd=96, n_ff=160, n_head=2, n_head_kv=1)
+    out = tmp_path / "q.gguf"
+    done = lowbit("quantize", narrow, out, "Q8_0", "--tensor-type", "attn_q=IQ2_XS")
+    assert done.returncode == 1 and "cannot take" in done.stderr and "Traceback" not in done.stderr
+    done = lowbit("quantize", narrow, out, "IQ2_XXS")
+    assert done.returncode == 0, done.stderr  # every row falls back to IQ4_NL: no IQ2_XXS made
+    out.unlink()
+    wide = build_model(tmp_path / "wide.gguf", "llama", "F32", embd_type="F32", n_layer=1)
+    done = lowbit("quantize", wide, out, "IQ2_XXS")
+    assert done.returncode == 1 and "needs an importance matrix" in done.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
