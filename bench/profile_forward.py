@@ -1,0 +1,232 @@
+"""Where the time of one forward pass goes: per kernel call by tensor kind, attention, the
+small ops (norms, RoPE, activation), the output matrix, and the Python left over.
+
+    python bench/profile_forward.py MODEL [MODEL ...] [-t 2] [-p 512] [-n 32] [--reps 3]
+
+For each model: a prompt of -p tokens (one forward call, the matrix-matrix kernels) and -n
+generated tokens one at a time after it (the matrix-vector kernels), both from fixed-seed
+random ids as `lowbit bench` uses, after an untimed warm-up of each. The timers wrap the
+callables the forward pass looks up at run time (Linear.__call__, the functions of
+runtime.ops that runtime.model imported, Model.embed), so the profile needs no hooks in the
+model; "python + glue" is the wall time of the forward call minus everything timed, i.e. the
+interpreter, array reshapes and additions, the KV cache copies and the timers themselves
+(about 0.2 us per timed call). Each row gives ms per token (generation) or ms per prompt, its
+share, the calls per forward pass, and for matrix products the weights/s and weight bytes/s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe, memory_bandwidth_gbs  # noqa: E402
+
+from lowbit.eval.model_store import resolve_model  # noqa: E402
+from lowbit.eval.speed import synthetic_tokens  # noqa: E402
+from lowbit.runtime import model as model_mod  # noqa: E402
+from lowbit.runtime.model import Linear, Model  # noqa: E402
+
+OPS = ("rms_norm", "apply_rope", "attention", "rope_tables")
+
+
+def kind_of(name: str) -> str:
+    """'blk.3.ffn_down.weight' -> 'ffn_down'; the output matrix keeps its own row."""
+    if name in ("output.weight", "token_embd.weight"):
+        return "output"
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[0] == "blk" else name
+
+
+class Profile:
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+        self.weights = defaultdict(int)      # weights multiplied (n_rows * n_cols per call)
+        self.bytes = defaultdict(int)        # quantized bytes read per call
+        self.types = defaultdict(set)
+        self.active = False
+
+    def add(self, key, dt, weights=0, n_bytes=0, qtype=None):
+        if self.active:
+            self.seconds[key] += dt
+            self.calls[key] += 1
+            self.weights[key] += weights
+            self.bytes[key] += n_bytes
+            if qtype:
+                self.types[key].add(qtype)
+
+    def reset(self):
+        for d in (self.seconds, self.calls, self.weights, self.bytes):
+            d.clear()
+
+
+def instrument(prof: Profile):
+    """Wrap the forward pass's callables with timers; returns a function that undoes it."""
+    undo = []
+    orig_call = Linear.__call__
+
+    def timed_call(self, x):
+        t = time.perf_counter()
+        y = orig_call(self, x)
+        m = self.matrix
+        prof.add(("matrix", kind_of(m.name)), time.perf_counter() - t, m.n_rows * m.n_cols,
+                 m.n_bytes, m.qtype.name)
+        return y
+
+    Linear.__call__ = timed_call
+    undo.append(lambda: setattr(Linear, "__call__", orig_call))
+
+    for name in OPS:
+        if not hasattr(model_mod, name):
+            continue
+        fn = getattr(model_mod, name)
+
+        def timed(*a, _fn=fn, _name=name, **k):
+            t = time.perf_counter()
+            r = _fn(*a, **k)
+            prof.add(("op", _name), time.perf_counter() - t)
+            return r
+
+        setattr(model_mod, name, timed)
+        undo.append(lambda _n=name, _f=fn: setattr(model_mod, _n, _f))
+
+    acts = model_mod.ACTIVATIONS
+    for name, fn in list(acts.items()):
+        def timed_act(x, _fn=fn, _name=name):
+            t = time.perf_counter()
+            r = _fn(x)
+            prof.add(("op", f"activation ({_name})"), time.perf_counter() - t)
+            return r
+        acts[name] = timed_act
+        undo.append(lambda _n=name, _f=fn: acts.__setitem__(_n, _f))
+
+    orig_embed = Model.embed
+
+    def timed_embed(self, tokens):
+        t = time.perf_counter()
+        r = orig_embed(self, tokens)
+        prof.add(("op", "embed"), time.perf_counter() - t)
+        return r
+
+    Model.embed = timed_embed
+    undo.append(lambda: setattr(Model, "embed", orig_embed))
+
+    def restore():
+        for u in reversed(undo):
+            u()
+    return restore
+
+
+def profile_model(path, n_prompt, n_gen, reps):
+    model = Model.load(path)
+    tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, max(n_prompt, 1) + n_gen)
+    cache = model.new_cache(n_prompt + n_gen + 1)
+    prof = Profile()
+    restore = instrument(prof)
+    results = {}
+    try:
+        # Warm-up (kernels loaded or compiled), untimed.
+        cache.n_past = 0
+        model.forward(tokens[:n_prompt], cache)
+        for tok in tokens[n_prompt:n_prompt + 2]:
+            model.forward(tok[None], cache)
+        # Prompt.
+        best = None
+        for _ in range(reps):
+            prof.reset()
+            prof.active = True
+            cache.n_past = 0
+            t = time.perf_counter()
+            model.forward(tokens[:n_prompt], cache)
+            wall = time.perf_counter() - t
+            prof.active = False
+            if best is None or wall < best[0]:
+                best = (wall, dict(prof.seconds), dict(prof.calls), dict(prof.weights),
+                        dict(prof.bytes), {k: set(v) for k, v in prof.types.items()})
+        results["pp"] = best + (1,)
+        # Generation: n_gen tokens after the prompt, per token.
+        best = None
+        for _ in range(reps):
+            cache.n_past = n_prompt
+            prof.reset()
+            prof.active = True
+            t = time.perf_counter()
+            for tok in tokens[n_prompt:n_prompt + n_gen]:
+                model.forward(tok[None], cache)
+            wall = time.perf_counter() - t
+            prof.active = False
+            if best is None or wall < best[0]:
+                best = (wall, dict(prof.seconds), dict(prof.calls), dict(prof.weights),
+                        dict(prof.bytes), {k: set(v) for k, v in prof.types.items()})
+        results["tg"] = best + (n_gen,)
+    finally:
+        restore()
+    return model, results
+
+
+def table(label, res, n_tokens_label):
+    wall, secs, calls, weights, nbytes, types, per = res
+    if n_tokens_label == "token":
+        head = f"\n{label}: {wall / per * 1e3:.2f} ms per token ({per / wall:.1f} tokens/s)"
+    else:
+        head = f"\n{label}: {wall * 1e3:.1f} ms per prompt"
+    lines = [head]
+    lines.append("| part | types | ms | share | calls | Gweights/s | weight GB/s |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    rows = sorted(secs.items(), key=lambda kv: -kv[1])
+    timed = 0.0
+    for key, s in rows:
+        timed += s
+        kind, name = key
+        g = f"{weights[key] / s / 1e9:.2f}" if weights.get(key) else ""
+        b = f"{nbytes[key] / s / 1e9:.2f}" if nbytes.get(key) else ""
+        lines.append(f"| {name if kind == 'op' else name + ' (matrix)'} | {','.join(sorted(types.get(key, ())))} "
+                     f"| {s / per * 1e3:.3f} | {100 * s / wall:.1f}% | {calls[key] // per} | {g} | {b} |")
+    rest = wall - timed
+    lines.append(f"| python + glue | | {rest / per * 1e3:.3f} | {100 * rest / wall:.1f}% | | | |")
+    mats = sum(s for (k, _), s in secs.items() if k == "matrix")
+    lines.append(f"| **all matrix products** | | {mats / per * 1e3:.3f} | {100 * mats / wall:.1f}% | | "
+                 f"{sum(weights.values()) / mats / 1e9:.2f} | {sum(nbytes.values()) / mats / 1e9:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("-t", "--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    p.add_argument("-p", "--prompt", type=int, default=512)
+    p.add_argument("-n", "--gen", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions; the fastest is shown")
+    args = p.parse_args(argv)
+    numba.set_num_threads(args.threads)
+    try:
+        from lowbit.eval.machine import blas_pool
+        pool = blas_pool()
+        if pool is not None:
+            pool.set(1)
+    except Exception:
+        pool = None
+    print(f"machine: {describe(args.threads)}; BLAS threads {pool.get() if pool else '?'}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"memory copy bandwidth (numpy, read + write): {memory_bandwidth_gbs():.1f} GB/s")
+    print(f"command: python bench/profile_forward.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    for m in args.models:
+        path = resolve_model(m)
+        model, res = profile_model(path, args.prompt, args.gen, args.reps)
+        name = Path(path).name
+        print(table(f"{name}, prompt of {args.prompt} tokens", res["pp"], "prompt"))
+        print(table(f"{name}, generation ({args.gen} tokens after the prompt)", res["tg"], "token"))
+        del model
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
