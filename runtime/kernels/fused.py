@@ -1,5 +1,9 @@
 """Generic fused dequant-matmul kernels, built per type around the type's block decoder.
 
+These serve the float types (F32, F16, BF16); every quantized type runs the integer kernels of
+packed.py over repacked weights. They also stay the float reference for any quantized type
+(bench/bench_kernels.py --generic times them).
+
 Neither kernel materialises the float matrix. Matrix-vector (one token): each output row decodes
 one block at a time into a small buffer and dots it with the matching slice of x. Matrix-matrix
 (a batch of T tokens): each task decodes ROWS rows once into a tile and reuses the tile for every
@@ -22,13 +26,6 @@ ROWS = 4  # rows per task: the matmul tile height, and the matvec scheduling gra
 
 @lru_cache(maxsize=None)
 def matvec_kernel(qtype: QuantType):
-    """The matrix-vector kernel for qtype: a specialized one if there is one, else generic."""
-    from .specialized import MATVEC
-    return MATVEC.get(qtype.name) or generic_matvec_kernel(qtype)
-
-
-@lru_cache(maxsize=None)
-def generic_matvec_kernel(qtype: QuantType):
     decode = qtype.decode_block
     block_size, type_size = qtype.block_size, qtype.type_size
 

@@ -1,0 +1,295 @@
+"""Integer kernels over repacked weights (repack.py) and int8-quantized activations.
+
+Activations are quantized once per product, per token, in blocks of 32, as ggml's Q8_0 does,
+but in up to three int8 planes so that the precision is a choice and not a fixed loss:
+
+    x ~ dx * (q1 + q2 / 254 + q3 / 254^2)     dx = max|x| / 127 over the block
+    q1 = round(x / dx);  q2, q3 = the rounded residuals at 254x finer steps; all in -127..127
+
+The error per element is at most dx / 2 / 254^(P-1) for P planes: 1/254 of the block's largest
+|x| for P = 1 (llama.cpp's Q8_0 activations), 1/64516 for P = 2, about 6e-8 for P = 3 (the
+rounding of float32 itself). The default is 3 (ACTIVATION_PLANES): the forward pass then
+agrees with a float64 reference to ~1e-6 of the logit range, where one plane gives ~2e-2 on
+the synthetic test models. Each plane costs one more vpdpbusd per 64 weight bytes loaded.
+
+A weight sub-block is w = scale * u - min (repack.py), so for one row and sub-block
+
+    sum_k w_k x~_k = scale * dx * (I1 + I23 / 254^2)  -  min * dx * (S1 + S23 / 254^2)
+
+with the integer dot products I1 = sum u q1, I23 = 254 * sum u q2 + sum u q3 (vpdpbusd: 16 rows
+x 4 columns per instruction, the activation bytes broadcast), and the activation sums
+S1 = sum q1, S23 = 254 * sum q2 + sum q3 (per 16 columns, made with the quantization). For
+symmetric types (min = OFF * scale) the min term is taken off the integers before conversion
+(I1 - OFF * S1): exact. All integers fit in int32: |I23| <= 255 * 127 * 32 * 255 < 2^29.
+So the kernels compute decode(W) @ x~ up to float32 rounding in the per-sub-block products
+(tests/test_kernels.py holds both that and the bound against x).
+
+Parallel over groups of 16 output rows (prange; each task writes only its rows). A task walks
+the tokens 4 at a time: the 64 bytes of weights loaded for 4 columns serve 4 tokens (x P planes)
+before the next load, and the group's weights (16 x n_cols bytes) stay in L1/L2 while the tokens
+stream past.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+
+from lowbit.quant.jit_cache import cached_kernel
+
+from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_bytes64, load_f32x16,
+                   max_abs2_f32x16, max_f32x16, min_f32x16, mul_f32x16, reduce_add_i32x16,
+                   rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, splat_i32, store_f32x16, store_i8x16,
+                   sub_f32x16, sub_i32x16, to_f32x16, to_i32x16, zeros_f32x16, zeros_i32x16)
+
+QBLOCK = 32      # activation quantization block
+GROUP = 16       # weight rows per vector
+STEP = 254       # ratio of consecutive plane steps
+ACTIVATION_PLANES = 3
+
+PARALLEL_QUANTIZE_TOKENS = 16   # quantize activations on all threads from this many tokens on
+
+
+@lru_cache(maxsize=None)
+def quantizer(planes: int, parallel: bool):
+    """quantize(x, qx, dx, isum): x (T, K) -> qx int8 [P, T*K], dx [T*K/32], isum int32 [2, T*K/16].
+
+    Sixteen values at a time: q = rint(v) clamped to -127..127, the residual (v - q) * 254 goes
+    on to the next plane. Plain IEEE float32 arithmetic (no fastmath): the first plane is, byte
+    for byte, round-half-even(x * (1 / d)) with d = max|x| / 127."""
+
+    @cached_kernel(parallel=parallel)
+    def quantize(x, qx, dx, isum):
+        n_cols = x.shape[1]
+        nb = n_cols // QBLOCK
+        lim = splat_f32(np.float32(127.0))
+        nlim = splat_f32(np.float32(-127.0))
+        step = splat_f32(np.float32(STEP))
+        for t in prange(x.shape[0]):
+            xt = x[t]
+            for b in range(nb):
+                base = b * QBLOCK
+                va = load_f32x16(xt, base)
+                vb = load_f32x16(xt, base + 16)
+                amax = max_abs2_f32x16(va, vb)
+                d = amax / np.float32(127.0)
+                inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+                dx[t * nb + b] = d
+                at = t * n_cols + base
+                k = 2 * (t * nb + b)
+                ea = mul_f32x16(va, splat_f32(inv))
+                eb = mul_f32x16(vb, splat_f32(inv))
+                lo_a = 0
+                lo_b = 0
+                for p in range(planes):
+                    ra = min_f32x16(lim, max_f32x16(nlim, rint_f32x16(ea)))
+                    rb = min_f32x16(lim, max_f32x16(nlim, rint_f32x16(eb)))
+                    qa = to_i32x16(ra)
+                    qb = to_i32x16(rb)
+                    store_i8x16(qx[p], at, qa)
+                    store_i8x16(qx[p], at + 16, qb)
+                    if p == 0:
+                        isum[0, k] = reduce_add_i32x16(qa)
+                        isum[0, k + 1] = reduce_add_i32x16(qb)
+                    else:
+                        # lo = 254 * sum(q2) + sum(q3)
+                        lo_a = lo_a * STEP + reduce_add_i32x16(qa)
+                        lo_b = lo_b * STEP + reduce_add_i32x16(qb)
+                    if p + 1 < planes:
+                        ea = mul_f32x16(sub_f32x16(ea, ra), step)
+                        eb = mul_f32x16(sub_f32x16(eb, rb), step)
+                if planes == 2:
+                    lo_a *= STEP
+                    lo_b *= STEP
+                isum[1, k] = lo_a
+                isum[1, k + 1] = lo_b
+
+    return quantize
+
+
+class QuantizedActivations:
+    """Activations (T, K) quantized to int8 planes in blocks of 32 (see the module docstring)."""
+
+    __slots__ = ("n_tokens", "n_cols", "planes", "qx", "dx", "isum")
+
+    def __init__(self, x: np.ndarray, planes: int = ACTIVATION_PLANES):
+        n_tokens, n_cols = x.shape
+        if n_cols % QBLOCK:
+            raise ValueError(f"activations of length {n_cols} are not whole blocks of {QBLOCK}")
+        if planes not in (1, 2, 3):
+            raise ValueError(f"activation planes must be 1, 2 or 3, not {planes}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.n_tokens, self.n_cols, self.planes = n_tokens, n_cols, planes
+        self.qx = np.zeros((planes, n_tokens * n_cols), np.int8)
+        self.dx = np.empty(n_tokens * n_cols // QBLOCK, np.float32)
+        self.isum = np.empty((2, n_tokens * n_cols // 16), np.int32)
+        quantizer(planes, n_tokens >= PARALLEL_QUANTIZE_TOKENS)(x, self.qx, self.dx, self.isum)
+
+    def dequantize(self) -> np.ndarray:
+        """x~, the activations the kernels multiply by (float64, for tests)."""
+        q = np.zeros(self.qx.shape[1], np.float64)
+        for p in range(self.planes):
+            q += self.qx[p].astype(np.float64) / float(STEP) ** p
+        dx = np.repeat(self.dx.astype(np.float64), QBLOCK)
+        return (q * dx).reshape(self.n_tokens, self.n_cols)
+
+
+@lru_cache(maxsize=None)
+def packed_kernel(sub: int, affine: bool, planes: int):
+    """out (T, N) = W x for the repacked W (sub-block `sub`, affine or symmetric), P planes."""
+    steps = sub // 4
+    halves = sub // 16          # isum entries (per 16 columns) per sub-block
+    lo = 1.0 / STEP ** 2        # weight of the finer planes' integer sums
+
+    @njit(inline="always")
+    def low_planes(i2, i3):
+        """254 * i2 + i3 (two shifts and a subtraction instead of a multiply)."""
+        v = sub_i32x16(shl_i32x16(i2, 8), shl_i32x16(i2, 1))
+        return add_i32x16(v, i3) if planes >= 3 else v
+
+    @njit(inline="always")
+    def finish(acc, i1, i2, i3, scv, mnv, tb, dsc, c1, c23, xm):
+        """acc + one sub-block's contribution for one token (i1..i3: the planes' integer dots;
+        tb: the token's sub-block index into the per-(token, sub-block) scalars)."""
+        sd = mul_f32x16(scv, splat_f32(load1(dsc, tb)))
+        if not affine:
+            i1 = sub_i32x16(i1, splat_i32(load1(c1, tb)))
+        v = to_f32x16(i1)
+        if planes >= 2:
+            i23 = low_planes(i2, i3)
+            if not affine:
+                i23 = sub_i32x16(i23, splat_i32(load1(c23, tb)))
+            v = fma_f32x16(splat_f32(np.float32(lo)), to_f32x16(i23), v)
+        acc = fma_f32x16(sd, v, acc)
+        if affine:
+            acc = fma_f32x16(mnv, splat_f32(load1(xm, tb)), acc)
+        return acc
+
+    @njit(inline="always")
+    def put(out, t, g, n_rows, acc, buf):
+        r0 = g * GROUP
+        if r0 + GROUP <= n_rows:
+            store_f32x16(out, t * n_rows + r0, acc)
+        else:
+            store_f32x16(buf, 0, acc)
+            for i in range(n_rows - r0):
+                out[t * n_rows + r0 + i] = buf[i]
+
+    @cached_kernel(parallel=True, fastmath=True)
+    def kernel(q, scale, mn, off, qx, dx, isum, n_tokens, n_rows, out):
+        n_cols = q.shape[1] // GROUP
+        n_sub = n_cols // sub
+        # Per (token, sub-block) scalars, shared by every row group: the activation scale, the
+        # symmetric types' integer corrections OFF * sum(q), the affine types' -scale * sum(x~).
+        n_tb = n_tokens * n_sub
+        dsc = np.empty(n_tb, np.float32)
+        c1 = np.empty(n_tb, np.int32)
+        c23 = np.empty(n_tb, np.int32)
+        xm = np.empty(n_tb, np.float32)
+        for t in range(n_tokens):
+            for b in range(n_sub):
+                tb = t * n_sub + b
+                at = t * (n_cols // 16) + b * halves
+                s1 = isum[0, at]
+                s23 = isum[1, at]
+                if halves == 2:
+                    s1 += isum[0, at + 1]
+                    s23 += isum[1, at + 1]
+                d = dx[t * (n_cols // QBLOCK) + (b * sub) // QBLOCK]
+                dsc[tb] = d
+                c1[tb] = off * s1
+                c23[tb] = off * s23 if planes >= 2 else 0
+                xs = np.float32(s1) + np.float32(s23) * np.float32(lo) if planes >= 2 else np.float32(s1)
+                xm[tb] = -d * xs
+        p1 = qx[0]
+        p2 = qx[min(1, planes - 1)]
+        p3 = qx[min(2, planes - 1)]
+        for g in prange(q.shape[0]):
+            qg = q[g]
+            sg = scale[g]
+            mg = mn[g]
+            buf = np.empty(GROUP, np.float32)
+            t = 0
+            while t + 4 <= n_tokens:
+                a0 = zeros_f32x16()
+                a1 = zeros_f32x16()
+                a2 = zeros_f32x16()
+                a3 = zeros_f32x16()
+                x0 = t * n_cols
+                x1 = x0 + n_cols
+                x2 = x1 + n_cols
+                x3 = x2 + n_cols
+                for b in range(n_sub):
+                    i0 = zeros_i32x16()
+                    i1 = zeros_i32x16()
+                    i2 = zeros_i32x16()
+                    i3 = zeros_i32x16()
+                    j0 = zeros_i32x16()
+                    j1 = zeros_i32x16()
+                    j2 = zeros_i32x16()
+                    j3 = zeros_i32x16()
+                    h0 = zeros_i32x16()
+                    h1 = zeros_i32x16()
+                    h2 = zeros_i32x16()
+                    h3 = zeros_i32x16()
+                    k0 = b * sub
+                    for s in range(steps):
+                        k = k0 + 4 * s
+                        wv = load_bytes64(qg, k * GROUP)
+                        i0 = dot_u8s8(i0, wv, splat_bytes4(p1, x0 + k))
+                        i1 = dot_u8s8(i1, wv, splat_bytes4(p1, x1 + k))
+                        i2 = dot_u8s8(i2, wv, splat_bytes4(p1, x2 + k))
+                        i3 = dot_u8s8(i3, wv, splat_bytes4(p1, x3 + k))
+                        if planes >= 2:
+                            j0 = dot_u8s8(j0, wv, splat_bytes4(p2, x0 + k))
+                            j1 = dot_u8s8(j1, wv, splat_bytes4(p2, x1 + k))
+                            j2 = dot_u8s8(j2, wv, splat_bytes4(p2, x2 + k))
+                            j3 = dot_u8s8(j3, wv, splat_bytes4(p2, x3 + k))
+                        if planes >= 3:
+                            h0 = dot_u8s8(h0, wv, splat_bytes4(p3, x0 + k))
+                            h1 = dot_u8s8(h1, wv, splat_bytes4(p3, x1 + k))
+                            h2 = dot_u8s8(h2, wv, splat_bytes4(p3, x2 + k))
+                            h3 = dot_u8s8(h3, wv, splat_bytes4(p3, x3 + k))
+                    scv = load_f32x16(sg, b * GROUP)
+                    mnv = load_f32x16(mg, b * GROUP) if affine else scv
+                    tb = t * n_sub + b
+                    a0 = finish(a0, i0, j0, h0, scv, mnv, tb, dsc, c1, c23, xm)
+                    a1 = finish(a1, i1, j1, h1, scv, mnv, tb + n_sub, dsc, c1, c23, xm)
+                    a2 = finish(a2, i2, j2, h2, scv, mnv, tb + 2 * n_sub, dsc, c1, c23, xm)
+                    a3 = finish(a3, i3, j3, h3, scv, mnv, tb + 3 * n_sub, dsc, c1, c23, xm)
+                put(out, t, g, n_rows, a0, buf)
+                put(out, t + 1, g, n_rows, a1, buf)
+                put(out, t + 2, g, n_rows, a2, buf)
+                put(out, t + 3, g, n_rows, a3, buf)
+                t += 4
+            while t < n_tokens:
+                a0 = zeros_f32x16()
+                x0 = t * n_cols
+                for b in range(n_sub):
+                    # two accumulators for the first plane: the even and odd steps do not wait
+                    # on each other (one token has no other independent work to interleave)
+                    i0 = zeros_i32x16()
+                    i1 = zeros_i32x16()
+                    j0 = zeros_i32x16()
+                    h0 = zeros_i32x16()
+                    k0 = b * sub
+                    for s in range(0, steps, 2):
+                        k = k0 + 4 * s
+                        wa = load_bytes64(qg, k * GROUP)
+                        wb = load_bytes64(qg, (k + 4) * GROUP)
+                        i0 = dot_u8s8(i0, wa, splat_bytes4(p1, x0 + k))
+                        i1 = dot_u8s8(i1, wb, splat_bytes4(p1, x0 + k + 4))
+                        if planes >= 2:
+                            j0 = dot_u8s8(j0, wa, splat_bytes4(p2, x0 + k))
+                            j0 = dot_u8s8(j0, wb, splat_bytes4(p2, x0 + k + 4))
+                        if planes >= 3:
+                            h0 = dot_u8s8(h0, wa, splat_bytes4(p3, x0 + k))
+                            h0 = dot_u8s8(h0, wb, splat_bytes4(p3, x0 + k + 4))
+                    scv = load_f32x16(sg, b * GROUP)
+                    mnv = load_f32x16(mg, b * GROUP) if affine else scv
+                    a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, t * n_sub + b, dsc, c1, c23, xm)
+                put(out, t, g, n_rows, a0, buf)
+                t += 1
+
+    return kernel

@@ -1,0 +1,380 @@
+"""Repacking a quantized tensor at load into the layout the int8 kernels read.
+
+Every quantized type here is, per sub-block of SB weights (16 or 32) of a row, an affine
+image of small unsigned integers:  w = scale * u - min,  u in 0..255.  The unpackers below
+read the GGUF blocks (bit for bit as the exact decoders of quant/formats do) and produce u,
+scale and min; the kernels multiply u by int8 activations with integer dot products.
+
+    symmetric types (min = OFF * scale, OFF a constant of the type, u = q + OFF):
+        Q4_0 (OFF 8), Q5_0 (16), Q8_0 (128), Q3_K (4), Q6_K (32), IQ4_NL/XS (128),
+        IQ2_* (64), IQ3_XXS (64), IQ3_S (16), IQ1_S/M (16, in units of scale/8), TQ1_0/TQ2_0 (1),
+        MXFP4 (12)
+        the kernel subtracts OFF * sum(qx) from the integer dot: exact, and no min array.
+    affine types (min stored): Q4_1, Q5_1 (min = -m), Q2_K, Q4_K, Q5_K (min = dmin * m)
+
+The grid and table types (IQ*, TQ*, MXFP4) are unpacked through their exact decoder: decode
+the block, then u = round(w / unit) + OFF with unit the sub-block's scale; w is an integer
+multiple of unit (tested: scale * u - min equals the decoded weights).
+
+Layout of an (n_rows x n_cols) matrix, rows taken in groups of 16 (the last group padded
+with zero rows), G = ceil(n_rows / 16):
+
+    q     uint8 [G, n_cols * 16]      for each 4 columns k..k+3: 16 rows x 4 bytes (64 bytes,
+                                      one zmm: lane i holds u[row i, k..k+3], what vpdpbusd
+                                      multiplies by 4 activation bytes)
+    scale f32   [G, n_cols / SB * 16] per sub-block, the 16 rows' scales
+    min   f32   [G, n_cols / SB * 16] (affine types only; an empty array otherwise)
+
+Memory: 1 byte per weight plus 4 bytes per SB weights for the scale and, for affine types,
+4 more for the min: 1.125 bytes per weight (symmetric, SB 32), 1.25 (symmetric SB 16, or
+affine SB 32), 1.5 (affine SB 16: Q2_K).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+
+from lowbit.quant.bits import f16, f16_bits_to_f32, u16, u32
+from lowbit.quant.formats.iq1 import decode_iq1_m, decode_iq1_s
+from lowbit.quant.formats.iq2 import decode_iq2_s, decode_iq2_xs, decode_iq2_xxs, iq2_scale
+from lowbit.quant.formats.iq3 import decode_iq3_s, decode_iq3_xxs
+from lowbit.quant.formats.iq4 import decode_iq4_nl, decode_iq4_xs
+from lowbit.quant.formats.kquants import crumb, high_bit, nibble, q3k_scale, scale_min_k4
+from lowbit.quant.formats.mxfp4 import decode_mxfp4, e8m0_half
+from lowbit.quant.formats.ternary import decode_tq1_0, decode_tq2_0
+from lowbit.quant.jit_cache import cached_kernel
+from lowbit.quant.types import QuantType
+
+GROUP = 16  # rows per group: the lanes of one vector
+
+
+# -- the legacy 32-weight types ---------------------------------------------------------------
+# unpack_X(w, o, u, sc, mn, y): the block at byte o of row w -> u[block_size], sc and mn per
+# sub-block; y is a float scratch buffer of block_size (used by the table types).
+
+@njit(inline="always")
+def _nibbles16(w, at, u):
+    for j in range(16):
+        b = w[at + j]
+        u[j] = b & 15
+        u[j + 16] = b >> 4
+
+
+@njit(inline="always")
+def _fifth_bits(w, at, u):
+    qh = u32(w, at)
+    for j in range(32):
+        u[j] |= ((qh >> j) & 1) << 4
+
+
+@njit(inline="always")
+def unpack_q4_0(w, o, u, sc, mn, y):
+    sc[0] = f16(w, o)
+    _nibbles16(w, o + 2, u)
+
+
+@njit(inline="always")
+def unpack_q4_1(w, o, u, sc, mn, y):
+    sc[0] = f16(w, o)
+    mn[0] = -f16(w, o + 2)
+    _nibbles16(w, o + 4, u)
+
+
+@njit(inline="always")
+def unpack_q5_0(w, o, u, sc, mn, y):
+    sc[0] = f16(w, o)
+    _nibbles16(w, o + 6, u)
+    _fifth_bits(w, o + 2, u)
+
+
+@njit(inline="always")
+def unpack_q5_1(w, o, u, sc, mn, y):
+    sc[0] = f16(w, o)
+    mn[0] = -f16(w, o + 2)
+    _nibbles16(w, o + 8, u)
+    _fifth_bits(w, o + 4, u)
+
+
+@njit(inline="always")
+def unpack_q8_0(w, o, u, sc, mn, y):
+    sc[0] = f16(w, o)
+    for j in range(32):
+        u[j] = w[o + 2 + j] ^ 128   # int8 q + 128
+
+
+# -- k-quants ------------------------------------------------------------------------------
+
+@njit(inline="always")
+def unpack_q2_k(w, o, u, sc, mn, y):
+    d = f16(w, o + 80)
+    dmin = f16(w, o + 82)
+    for s in range(16):
+        b = w[o + s]
+        sc[s] = d * np.float32(b & 15)
+        mn[s] = dmin * np.float32(b >> 4)
+    for i in range(256):
+        u[i] = crumb(w, o + 16, i)
+
+
+@njit(inline="always")
+def unpack_q3_k(w, o, u, sc, mn, y):
+    d = f16(w, o + 108)
+    for s in range(16):
+        sc[s] = d * np.float32(q3k_scale(w, o + 96, s))
+    for i in range(256):
+        u[i] = crumb(w, o + 32, i) + 4 * high_bit(w, o, i)   # q + 4, q = low2 - 4 * (1 - hbit)
+
+
+@njit(inline="always")
+def _q45_k_scales(w, o, sc, mn):
+    d = f16(w, o)
+    dmin = f16(w, o + 2)
+    for s in range(8):
+        a, m = scale_min_k4(w, o + 4, s)
+        sc[s] = d * np.float32(a)
+        mn[s] = dmin * np.float32(m)
+
+
+@njit(inline="always")
+def unpack_q4_k(w, o, u, sc, mn, y):
+    _q45_k_scales(w, o, sc, mn)
+    for i in range(256):
+        u[i] = nibble(w, o + 16, i)
+
+
+@njit(inline="always")
+def unpack_q5_k(w, o, u, sc, mn, y):
+    _q45_k_scales(w, o, sc, mn)
+    for i in range(256):
+        u[i] = nibble(w, o + 48, i) | (high_bit(w, o + 16, i) << 4)
+
+
+@njit(inline="always")
+def unpack_q6_k(w, o, u, sc, mn, y):
+    d = f16(w, o + 208)
+    for s in range(16):
+        sc[s] = d * np.float32(np.int8(w[o + 192 + s]))
+    for i in range(256):
+        half, r = divmod(i, 128)
+        lo = (w[o + half * 64 + r % 64] >> (4 * (r // 64))) & 15
+        u[i] = lo | (crumb(w, o + 128, i) << 4)   # q + 32
+
+
+# -- table and grid types: exact decode, then divide by the sub-block's unit ---------------------
+
+@njit(inline="always")
+def _by_units(y, u, sc, sb, off):
+    """u = round(y / sc[sub]) + off for each weight; sc holds each sub-block's unit."""
+    for s in range(sc.shape[0]):
+        unit = sc[s]
+        for i in range(s * sb, s * sb + sb):
+            v = y[i] / unit if unit != 0 else np.float32(0.0)
+            if not abs(v) < 200:   # only in a corrupt block (inf/nan scales)
+                v = np.float32(0.0)
+            u[i] = np.uint8(min(255, max(0, int(np.rint(v)) + off)))
+
+
+@njit(inline="always")
+def unpack_iq4_nl(w, o, u, sc, mn, y):
+    decode_iq4_nl(w, o, y)
+    sc[0] = f16(w, o)
+    _by_units(y, u, sc, 32, 128)
+
+
+@njit(inline="always")
+def unpack_iq4_xs(w, o, u, sc, mn, y):
+    decode_iq4_xs(w, o, y)
+    d = f16(w, o)
+    scales_h = u16(w, o + 2)
+    for ib in range(8):
+        s = ((w[o + 4 + ib // 2] >> (4 * (ib % 2))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4)
+        sc[ib] = d * np.float32(s - 32)
+    _by_units(y, u, sc, 32, 128)
+
+
+@njit(inline="always")
+def unpack_iq2_xxs(w, o, u, sc, mn, y):
+    decode_iq2_xxs(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        sc[ib] = iq2_scale(d, u32(w, o + 2 + 8 * ib + 4) >> 28)
+    _by_units(y, u, sc, 32, 64)
+
+
+@njit(inline="always")
+def unpack_iq2_xs(w, o, u, sc, mn, y):
+    decode_iq2_xs(w, o, y)
+    d = f16(w, o)
+    for j in range(16):
+        sc[j] = iq2_scale(d, (w[o + 66 + j // 2] >> (4 * (j % 2))) & 15)
+    _by_units(y, u, sc, 16, 64)
+
+
+@njit(inline="always")
+def unpack_iq2_s(w, o, u, sc, mn, y):
+    decode_iq2_s(w, o, y)
+    d = f16(w, o)
+    for j in range(16):
+        sc[j] = iq2_scale(d, (w[o + 74 + j // 2] >> (4 * (j % 2))) & 15)
+    _by_units(y, u, sc, 16, 64)
+
+
+@njit(inline="always")
+def unpack_iq3_xxs(w, o, u, sc, mn, y):
+    decode_iq3_xxs(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        sc[ib] = d * (np.float32(0.5) + np.float32(u32(w, o + 66 + 4 * ib) >> 28)) * np.float32(0.5)
+    _by_units(y, u, sc, 32, 64)
+
+
+@njit(inline="always")
+def unpack_iq3_s(w, o, u, sc, mn, y):
+    decode_iq3_s(w, o, y)
+    d = f16(w, o)
+    for j in range(8):
+        sc[j] = d * np.float32(1 + 2 * ((w[o + 106 + j // 2] >> (4 * (j % 2))) & 15))
+    _by_units(y, u, sc, 32, 16)
+
+
+@njit(inline="always")
+def unpack_iq1_s(w, o, u, sc, mn, y):
+    # w = dl * (grid + delta) with delta = +-1/8: integers in units of dl / 8
+    decode_iq1_s(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        qh = u16(w, o + 34 + 2 * ib)
+        sc[ib] = d * np.float32(2 * ((qh >> 12) & 7) + 1) * np.float32(0.125)
+    _by_units(y, u, sc, 32, 16)
+
+
+@njit(inline="always")
+def unpack_iq1_m(w, o, u, sc, mn, y):
+    decode_iq1_m(w, o, y)
+    sc0 = u16(w, o + 48)
+    sc1 = u16(w, o + 50)
+    sc2 = u16(w, o + 52)
+    sc3 = u16(w, o + 54)
+    d = f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+    for j in range(16):
+        s = (u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7
+        sc[j] = d * np.float32(2 * s + 1) * np.float32(0.125)
+    _by_units(y, u, sc, 16, 16)
+
+
+@njit(inline="always")
+def unpack_tq1_0(w, o, u, sc, mn, y):
+    decode_tq1_0(w, o, y)
+    d = f16(w, o + 52)
+    for j in range(8):
+        sc[j] = d
+    _by_units(y, u, sc, 32, 1)
+
+
+@njit(inline="always")
+def unpack_tq2_0(w, o, u, sc, mn, y):
+    decode_tq2_0(w, o, y)
+    d = f16(w, o + 64)
+    for j in range(8):
+        sc[j] = d
+    _by_units(y, u, sc, 32, 1)
+
+
+@njit(inline="always")
+def unpack_mxfp4(w, o, u, sc, mn, y):
+    decode_mxfp4(w, o, y)
+    sc[0] = e8m0_half(int(w[o]))
+    _by_units(y, u, sc, 32, 12)
+
+
+@dataclass(frozen=True)
+class Unpacking:
+    sub: int            # SB: weights per scale
+    offset: int         # OFF for symmetric types (min = OFF * scale); -1: affine, min stored
+    unpack: object      # the njit unpacker
+
+    @property
+    def affine(self) -> bool:
+        return self.offset < 0
+
+
+UNPACKING = {
+    "Q4_0": Unpacking(32, 8, unpack_q4_0),
+    "Q4_1": Unpacking(32, -1, unpack_q4_1),
+    "Q5_0": Unpacking(32, 16, unpack_q5_0),
+    "Q5_1": Unpacking(32, -1, unpack_q5_1),
+    "Q8_0": Unpacking(32, 128, unpack_q8_0),
+    "Q2_K": Unpacking(16, -1, unpack_q2_k),
+    "Q3_K": Unpacking(16, 4, unpack_q3_k),
+    "Q4_K": Unpacking(32, -1, unpack_q4_k),
+    "Q5_K": Unpacking(32, -1, unpack_q5_k),
+    "Q6_K": Unpacking(16, 32, unpack_q6_k),
+    "IQ4_NL": Unpacking(32, 128, unpack_iq4_nl),
+    "IQ4_XS": Unpacking(32, 128, unpack_iq4_xs),
+    "IQ2_XXS": Unpacking(32, 64, unpack_iq2_xxs),
+    "IQ2_XS": Unpacking(16, 64, unpack_iq2_xs),
+    "IQ2_S": Unpacking(16, 64, unpack_iq2_s),
+    "IQ3_XXS": Unpacking(32, 64, unpack_iq3_xxs),
+    "IQ3_S": Unpacking(32, 16, unpack_iq3_s),
+    "IQ1_S": Unpacking(32, 16, unpack_iq1_s),
+    "IQ1_M": Unpacking(16, 16, unpack_iq1_m),
+    "TQ1_0": Unpacking(32, 1, unpack_tq1_0),
+    "TQ2_0": Unpacking(32, 1, unpack_tq2_0),
+    "MXFP4": Unpacking(32, 12, unpack_mxfp4),
+}
+
+
+def unpacking(qtype: QuantType) -> Unpacking | None:
+    return UNPACKING.get(qtype.name)
+
+
+@lru_cache(maxsize=None)
+def repack_kernel(qtype: QuantType):
+    """repack(rows, q, scale, mn): GGUF rows -> the grouped layout (q, scale, mn zero-filled)."""
+    spec = UNPACKING[qtype.name]
+    unpack = spec.unpack
+    block_size, type_size, sub = qtype.block_size, qtype.type_size, spec.sub
+    n_sub = block_size // sub
+    affine = spec.affine
+
+    @cached_kernel(parallel=True)
+    def repack(rows, q, scale, mn):
+        n_rows = rows.shape[0]
+        n_blocks = rows.shape[1] // type_size
+        for g in prange(q.shape[0]):
+            u = np.zeros(block_size, np.uint8)
+            sc = np.zeros(n_sub, np.float32)
+            m = np.zeros(n_sub, np.float32)
+            y = np.zeros(block_size, np.float32)
+            for ri in range(GROUP):
+                r = g * GROUP + ri
+                if r >= n_rows:
+                    break
+                row = rows[r]
+                for bk in range(n_blocks):
+                    unpack(row, bk * type_size, u, sc, m, y)
+                    k0 = bk * block_size
+                    for i in range(block_size):
+                        k = k0 + i
+                        q[g, (k >> 2) * 64 + ri * 4 + (k & 3)] = u[i]
+                    for j in range(n_sub):
+                        at = (bk * n_sub + j) * GROUP + ri
+                        scale[g, at] = sc[j]
+                        if affine:
+                            mn[g, at] = m[j]
+
+    return repack
+
+
+def repack(rows: np.ndarray, qtype: QuantType, n_rows: int, n_cols: int):
+    """(q, scale, mn) for validated block rows (QuantMatrix checked the byte counts)."""
+    spec = UNPACKING[qtype.name]
+    groups = -(-n_rows // GROUP)
+    q = np.zeros((groups, n_cols * GROUP), np.uint8)
+    scale = np.zeros((groups, n_cols // spec.sub * GROUP), np.float32)
+    mn = np.zeros((groups, n_cols // spec.sub * GROUP) if spec.affine else (groups, 0), np.float32)
+    repack_kernel(qtype)(rows, q, scale, mn)
+    return q, scale, mn

@@ -1,0 +1,401 @@
+"""Sixteen-lane vectors for numba kernels: a few LLVM vector types and the operations on them.
+
+Numba's integer arithmetic widens to int64 and its loop vectoriser cannot be steered, so an
+int8 dot product written as a plain loop comes out as scalar or int64 code. These intrinsics
+let a kernel hold LLVM vectors in its variables (`<16 x i32>`, `<16 x float>`) and say which
+operation it wants; LLVM still does the register allocation, scheduling and addressing (a
+splat of a loaded i32 folds into an embedded-broadcast operand, `{1to16}`).
+
+    i32x16: 16 lanes of i32, also the carrier of 64 bytes (4 per lane) for the byte dot product
+    f32x16: 16 lanes of f32
+
+The byte dot product `dot_u8s8(acc, a, b)` adds to each i32 lane of acc the four products of
+the unsigned bytes of a with the signed bytes of b in that lane. With AVX-512 VNNI it is one
+instruction (vpdpbusd zmm); elsewhere it is written in plain LLVM IR (widen, multiply, add the
+four partial products), which LLVM lowers for whatever the CPU has: same results, slower.
+Products fit easily: 255 * 127 * 4 < 2^17, and the kernels add at most 32 of them per lane
+before converting to float.
+
+Loads take an array and an element index; the caller guarantees the 64 (or 4) bytes are inside
+the array (the kernels' Python wrappers check the shapes), as with every njit array access.
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_I32 = ir.IntType(32)
+_V16I32 = ir.VectorType(_I32, 16)
+_V16F32 = ir.VectorType(ir.FloatType(), 16)
+
+
+def host_has_vnni512() -> bool:
+    """True if LLVM's host CPU has AVX-512 VNNI (and BW), so vpdpbusd on zmm is available."""
+    try:
+        feats = llvm_binding.get_host_cpu_features()
+    except RuntimeError:
+        return False
+    return bool(feats.get("avx512vnni")) and bool(feats.get("avx512bw"))
+
+
+HAS_VNNI512 = host_has_vnni512()
+
+
+class VecType(types.Type):
+    def __init__(self, name: str, llvm_type):
+        self.llvm_type = llvm_type
+        super().__init__(name=name)
+
+
+i32x16 = VecType("i32x16", _V16I32)
+f32x16 = VecType("f32x16", _V16F32)
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.llvm_type)
+
+
+def _element_ptr(context, builder, arrty, arr, index, pointee):
+    """Pointer to element `index` of a contiguous array, cast to `pointee`*."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.bitcast(builder.gep(ary.data, [index]), pointee.as_pointer())
+
+
+def _splat(builder, value, vty):
+    undef = ir.Constant(vty, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
+
+
+def _is_array(t, dtypes=None):
+    return isinstance(t, types.Array) and (dtypes is None or t.dtype in dtypes)
+
+
+_BYTES = (types.uint8, types.int8)
+
+
+# -- loads, stores, constants -----------------------------------------------------------------
+
+@intrinsic
+def load_bytes64(typingctx, arr, index):
+    """64 bytes of a uint8/int8 array from element `index`, as i32x16 (unaligned load)."""
+    if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _V16I32), align=1)
+
+    return i32x16(arr, index), codegen
+
+
+@intrinsic
+def splat_bytes4(typingctx, arr, index):
+    """The 4 bytes of a uint8/int8 array at element `index`, as one i32 repeated in 16 lanes."""
+    if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+        return _splat(builder, v, _V16I32)
+
+    return i32x16(arr, index), codegen
+
+
+@intrinsic
+def load_f32x16(typingctx, arr, index):
+    """16 consecutive float32 of an array from element `index`."""
+    if not (_is_array(arr, (types.float32,)) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _V16F32), align=4)
+
+    return f32x16(arr, index), codegen
+
+
+@intrinsic
+def store_f32x16(typingctx, arr, index, v):
+    """Store 16 float32 into an array from element `index`."""
+    if not (_is_array(arr, (types.float32,)) and isinstance(index, types.Integer) and v == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _element_ptr(context, builder, sig.args[0], args[0], args[1], _V16F32), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def load1(typingctx, arr, index):
+    """Element `index` of a contiguous array, without numba's negative-index wraparound (the
+    caller knows index >= 0; in a hot loop the wraparound costs a few scalar instructions)."""
+    if not (_is_array(arr) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.load(builder.gep(ary.data, [args[1]]))
+
+    return arr.dtype(arr, index), codegen
+
+
+@intrinsic
+def zeros_i32x16(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V16I32, [0] * 16)
+
+    return i32x16(), codegen
+
+
+@intrinsic
+def zeros_f32x16(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V16F32, [0.0] * 16)
+
+    return f32x16(), codegen
+
+
+@intrinsic
+def splat_f32(typingctx, x):
+    """A float repeated in 16 lanes."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type != ir.FloatType():
+            v = builder.fptrunc(v, ir.FloatType())
+        return _splat(builder, v, _V16F32)
+
+    return f32x16(x), codegen
+
+
+# -- arithmetic ----------------------------------------------------------------------------
+
+def _dot_u8s8_generic(builder, acc, a, b):
+    """acc + per-lane sum of 4 u8*s8 products, in plain IR (any target)."""
+    v64i8 = ir.VectorType(ir.IntType(8), 64)
+    v64i32 = ir.VectorType(_I32, 64)
+    prod = builder.mul(builder.zext(builder.bitcast(a, v64i8), v64i32),
+                       builder.sext(builder.bitcast(b, v64i8), v64i32))
+    total = acc
+    for k in range(4):
+        part = builder.shuffle_vector(prod, prod, ir.Constant(_V16I32, [4 * i + k for i in range(16)]))
+        total = builder.add(total, part)
+    return total
+
+
+def _make_dot(vnni: bool):
+    @intrinsic
+    def dot(typingctx, acc, a, b):
+        if not (acc == i32x16 and a == i32x16 and b == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            if vnni:
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), "llvm.x86.avx512.vpdpbusd.512")
+                return builder.call(fn, list(args))
+            return _dot_u8s8_generic(builder, *args)
+
+        return i32x16(acc, a, b), codegen
+    return dot
+
+
+# The generic form is always available (tests hold the two equal); kernels use dot_u8s8.
+dot_u8s8_generic = _make_dot(False)
+dot_u8s8 = _make_dot(True) if HAS_VNNI512 else dot_u8s8_generic
+
+
+@intrinsic
+def splat_i32(typingctx, x):
+    """An integer (truncated to i32) repeated in 16 lanes."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, _I32)
+        elif v.type.width < 32:
+            v = builder.sext(v, _I32) if sig.args[0].signed else builder.zext(v, _I32)
+        return _splat(builder, v, _V16I32)
+
+    return i32x16(x), codegen
+
+
+def _binary_i32(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == i32x16 and b == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return i32x16(a, b), codegen
+    return fn
+
+
+@intrinsic
+def shl_i32x16(typingctx, a, n):
+    """a << n in every lane, n a compile-time constant."""
+    if not (a == i32x16 and isinstance(n, types.IntegerLiteral)):
+        return None
+    shift = n.literal_value
+
+    def codegen(context, builder, sig, args):
+        return builder.shl(args[0], ir.Constant(_V16I32, [shift] * 16))
+
+    return i32x16(a, n), codegen
+
+
+add_i32x16 = _binary_i32("add")
+sub_i32x16 = _binary_i32("sub")
+mul_i32x16 = _binary_i32("mul")
+
+
+@intrinsic
+def to_f32x16(typingctx, v):
+    """i32 lanes converted to float."""
+    if v != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _V16F32)
+
+    return f32x16(v), codegen
+
+
+def _binary_f32(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == f32x16 and b == f32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return f32x16(a, b), codegen
+    return fn
+
+
+mul_f32x16 = _binary_f32("fmul")
+add_f32x16 = _binary_f32("fadd")
+sub_f32x16 = _binary_f32("fsub")
+
+
+@intrinsic
+def fma_f32x16(typingctx, a, b, c):
+    """a * b + c, fused."""
+    if not (a == f32x16 and b == f32x16 and c == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F32, [_V16F32] * 3),
+                                            "llvm.fma.v16f32")
+        return builder.call(fn, list(args))
+
+    return f32x16(a, b, c), codegen
+
+
+def _unary_f32_intrinsic(llvm_name):
+    @intrinsic
+    def fn(typingctx, a):
+        if a != f32x16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F32, [_V16F32]), llvm_name)
+            return builder.call(f, list(args))
+
+        return f32x16(a), codegen
+    return fn
+
+
+rint_f32x16 = _unary_f32_intrinsic("llvm.rint.v16f32")      # round half to even (vrndscaleps)
+abs_f32x16 = _unary_f32_intrinsic("llvm.fabs.v16f32")
+
+
+def _binary_f32_intrinsic(llvm_name):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == f32x16 and b == f32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F32, [_V16F32] * 2), llvm_name)
+            return builder.call(f, list(args))
+
+        return f32x16(a, b), codegen
+    return fn
+
+
+min_f32x16 = _binary_f32_intrinsic("llvm.minnum.v16f32")
+max_f32x16 = _binary_f32_intrinsic("llvm.maxnum.v16f32")
+
+
+@intrinsic
+def max_abs2_f32x16(typingctx, a, b):
+    """The largest |lane| of a and b. Non-negative floats order as their bit patterns do, so
+    this is an integer max (a float max reduction without fastmath expands to scalar NaN checks)."""
+    if not (a == f32x16 and b == f32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(_V16I32, [0x7FFFFFFF] * 16)
+        ia = builder.and_(builder.bitcast(args[0], _V16I32), mask)
+        ib = builder.and_(builder.bitcast(args[1], _V16I32), mask)
+        m = builder.select(builder.icmp_signed(">", ia, ib), ia, ib)
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_V16I32]),
+                                           "llvm.vector.reduce.smax.v16i32")
+        return builder.bitcast(builder.call(f, [m]), ir.FloatType())
+
+    return types.float32(a, b), codegen
+
+
+@intrinsic
+def reduce_add_i32x16(typingctx, a):
+    """The sum of the lanes (int64)."""
+    if a != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [_V16I32]),
+                                           "llvm.vector.reduce.add.v16i32")
+        return builder.sext(builder.call(f, list(args)), ir.IntType(64))
+
+    return types.int64(a), codegen
+
+
+@intrinsic
+def to_i32x16(typingctx, a):
+    """Float lanes (already integral) converted to i32."""
+    if a != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fptosi(args[0], _V16I32)
+
+    return i32x16(a), codegen
+
+
+@intrinsic
+def store_i8x16(typingctx, arr, index, v):
+    """The 16 i32 lanes of v (each in -128..127), truncated to bytes and stored from `index`."""
+    if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer) and v == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v16i8 = ir.VectorType(ir.IntType(8), 16)
+        builder.store(builder.trunc(args[2], v16i8),
+                      _element_ptr(context, builder, sig.args[0], args[0], args[1], v16i8), align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, v), codegen
