@@ -222,6 +222,78 @@ def cmd_imatrix(args) -> int:
     return 0
 
 
+def _dominant_type(src, recipe: dict[str, str]) -> str:
+    """The type holding the most bytes of a recipe: what general.file_type will say."""
+    from lowbit.quant.types import by_name
+    held = {}
+    for name, t in recipe.items():
+        info = src.tensors.get(name)
+        if info is None:
+            continue
+        try:
+            q = by_name(t)
+        except ValueError:
+            continue
+        held[q.name] = held.get(q.name, 0) + info.n_elements * q.type_size // q.block_size
+    return max(held, key=held.get) if held else "F32"
+
+
+def _recipe_from_file(args, src) -> tuple[dict[str, str], str]:
+    from lowbit.quant.allocate import read_recipe
+    return read_recipe(args.recipe), f"recipe {Path(args.recipe).name}"
+
+
+def _recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
+    """Measure (or reuse) the sensitivity table, allocate under the budget, write the recipe."""
+    import numpy as np
+
+    from lowbit.quant.allocate import write_recipe
+    from lowbit.quant.quantize_model import check_imatrix, make_plan
+    from lowbit.quant.recipes import PlanOptions
+    from lowbit.quant.types import by_name
+    from .dynamic import allocate_for_budget, budget_from, recipe_header, recipe_rows
+    from .sensitivity import load_or_build
+
+    if im is None or not args.calib:
+        raise UsageError("--target-bpw and --target-size need --imatrix FILE and --calib TEXT "
+                         "(the calibration text on which each tensor's sensitivity is measured)")
+    if args.sensitivity_tokens < 16:
+        raise UsageError(f"--sensitivity-tokens must be at least 16, not {args.sensitivity_tokens}")
+    recipe_path = Path(args.write_recipe or args.output + ".recipe")
+    if not recipe_path.parent.exists():
+        raise UsageError(f"the directory {recipe_path.parent} for the recipe does not exist")
+    check_imatrix(src, make_plan(src, PlanOptions("Q8_0")), im)
+    budget = budget_from(src, args.target_bpw, args.target_size)
+    model, tokenizer = load_model(str(src.path))
+    tokens = tokenizer.encode(read_text(args.calib), add_special=True)
+    if len(tokens) < args.sensitivity_tokens:
+        raise UsageError(f"the calibration text has {len(tokens)} tokens, fewer than "
+                         f"--sensitivity-tokens {args.sensitivity_tokens}")
+    sample = np.asarray(tokens[:args.sensitivity_tokens], dtype=np.int64)
+    bar = progress_bar("sensitivity", unit="step")
+
+    def step(text):
+        bar.set_postfix_str(text)
+        bar.update(1)
+
+    candidates = None
+    if args.candidates:
+        candidates = [by_name(t.strip()).name for t in args.candidates.split(",") if t.strip()]
+    table = load_or_build(src, lambda: model, im, args.imatrix, sample, progress=step, candidates=candidates)
+    bar.close()
+    alloc = allocate_for_budget(src, table, budget)
+    what = (f"--target-bpw {args.target_bpw}" if args.target_bpw is not None
+            else f"--target-size {args.target_size}")
+    write_recipe(recipe_path, recipe_rows(table, alloc), recipe_header(src, table, alloc, what))
+    rc = table.rank_correlation
+    print(f"sensitivity: {len(table.tensors)} tensors, {table.sample_tokens} tokens, {table.seconds:.0f} s; "
+          f"held-out Spearman: error alone {rc.get('error_alone', float('nan')):.3f}, x kind gain "
+          f"{rc.get('error_times_kind_gain', float('nan')):.3f}, x tensor gain "
+          f"{rc.get('error_times_tensor_gain', float('nan')):.3f} ({rc.get('pairs', 0)} pairs)")
+    print(f"wrote the recipe {recipe_path}: predicted KLD {alloc.predicted_kld:.4g}")
+    return alloc.types, what
+
+
 def cmd_quantize(args) -> int:
     from lowbit.quant import imatrix as imx
     from lowbit.quant.gguffile import open_gguf
@@ -243,11 +315,25 @@ def cmd_quantize(args) -> int:
             raise UsageError(f"--tensor-type takes REGEX=TYPE, not {spec!r}")
         rx, t = spec.rsplit("=", 1)
         overrides.append((rx, t))
+    modes = [args.type is not None, args.target_bpw is not None or args.target_size is not None,
+             args.recipe is not None]
+    if sum(modes) != 1:
+        raise UsageError("give one of TYPE, --target-bpw/--target-size (with --imatrix and --calib) or --recipe")
+    if args.target_bpw is not None and args.target_size is not None:
+        raise UsageError("give --target-bpw or --target-size, not both")
     im = imx.load(args.imatrix) if args.imatrix else None
-    opts = PlanOptions(args.type, pure=args.pure, output_type=args.output_tensor_type,
-                       token_embedding_type=args.token_embedding_type, overrides=overrides)
+    label = args.type
+    if args.type is not None:
+        opts = PlanOptions(args.type, pure=args.pure, output_type=args.output_tensor_type,
+                           token_embedding_type=args.token_embedding_type, overrides=overrides)
+    else:
+        if overrides or args.pure or args.output_tensor_type or args.token_embedding_type:
+            raise UsageError("--tensor-type, --pure and the output/embedding types go with TYPE, not with "
+                             "a budget or a recipe (edit the recipe instead)")
+        recipe, label = (_recipe_from_file(args, src) if args.recipe else _recipe_for_budget(args, src, im))
+        opts = PlanOptions(_dominant_type(src, recipe), recipe=recipe)
     total = sum(t.n_elements for t in src.tensors.values())
-    bar = progress_bar(f"quantize {args.type}", total=total, unit="w", disable=args.dry_run)
+    bar = progress_bar(f"quantize {label}", total=total, unit="w", disable=args.dry_run)
     summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
                              args.imatrix, progress=bar.update)
     bar.close()
@@ -408,8 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
                               "given; the first match wins and overrides the preset's rules.")
     s.add_argument("input")
     s.add_argument("output")
-    s.add_argument("type", help="a GGML type (Q4_K, IQ2_XXS, ...) or a preset (Q4_K_M, IQ2_M, ...)")
+    s.add_argument("type", nargs="?", help="a GGML type (Q4_K, IQ2_XXS, ...) or a preset (Q4_K_M, IQ2_M, ...); "
+                                          "not with --target-bpw, --target-size or --recipe")
     s.add_argument("--imatrix", help="importance matrix (GGUF or legacy .dat)")
+    s.add_argument("--target-bpw", type=float, metavar="B",
+                   help="choose a type per tensor for B bits per weight over the whole file, from each "
+                        "tensor's measured sensitivity (needs --imatrix and --calib)")
+    s.add_argument("--target-size", type=int, metavar="BYTES", help="the same for a file size in bytes")
+    s.add_argument("--calib", metavar="TEXT", help="calibration text for the sensitivity measurement")
+    s.add_argument("--sensitivity-tokens", type=int, default=512,
+                   help="calibration tokens each sensitivity measurement runs (default 512)")
+    s.add_argument("--candidates", metavar="T1,T2,...",
+                   help="the types a budget may choose among (default: every K, i- and 32-block type)")
+    s.add_argument("--write-recipe", metavar="FILE", help="where the allocated plan goes (default OUTPUT.recipe)")
+    s.add_argument("--recipe", metavar="FILE", help="quantize with the types a recipe file names")
     s.add_argument("--pure", action="store_true", help="every quantizable tensor gets TYPE (no rules)")
     s.add_argument("--allow-requantize", action="store_true", help="allow a quantized source")
     s.add_argument("--output-tensor-type")

@@ -222,6 +222,7 @@ class PlanOptions:
     output_type: str | None = None
     token_embedding_type: str | None = None
     overrides: list[tuple[str, str]] = field(default_factory=list)   # (regex, type) in order
+    recipe: dict[str, str] | None = None     # tensor -> type for every quantizable tensor
 
 
 def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: PlanOptions) -> list[Choice]:
@@ -234,6 +235,8 @@ def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: Pl
         except re.error as e:
             raise RecipeError(f"--tensor-type pattern {rx!r} is not a valid regex: {e}") from None
     shape.n_attn_v = sum(1 for n, _ in tensors if "attn_v.weight" in n)
+    if opts.recipe is not None:
+        return plan_from_recipe(tensors, opts.recipe)
     st = RuleState()
     out = []
     for name, tshape in tensors:
@@ -260,4 +263,31 @@ def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: Pl
             raise RecipeError(f"{name} has rows of {n_cols}, which {tname} ({reason}) cannot take "
                               f"(blocks of {by_name(tname).block_size})")
         out.append(Choice(name, qtype, why or reason))
+    return out
+
+
+def plan_from_recipe(tensors: list[tuple[str, tuple[int, ...]]], recipe: dict[str, str]) -> list[Choice]:
+    """Every quantizable tensor takes the type the recipe names for it, exactly."""
+    names = {n for n, _ in tensors}
+    for name in recipe:
+        if name not in names:
+            raise RecipeError(f"the recipe names {name}, which the model does not have")
+    out = []
+    for name, tshape in tensors:
+        if not is_quantizable(name, tshape):
+            if name in recipe and recipe[name] != "F32":
+                raise RecipeError(f"the recipe gives {name} the type {recipe[name]}, but it is not a "
+                                  f"weight matrix: it stays F32")
+            out.append(Choice(name, by_name("F32"), "kept F32 (not a 2-D weight)"))
+            continue
+        if name not in recipe:
+            raise RecipeError(f"the recipe does not name {name}; a recipe lists every weight matrix")
+        try:
+            qtype = by_name(recipe[name])
+        except ValueError:
+            raise RecipeError(f"the recipe gives {name} the unknown type {recipe[name]!r}") from None
+        if tshape[-1] % qtype.block_size:
+            raise RecipeError(f"{name} has rows of {tshape[-1]}, which {qtype.name} (recipe) cannot take "
+                              f"(blocks of {qtype.block_size})")
+        out.append(Choice(name, qtype, "recipe"))
     return out

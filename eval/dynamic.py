@@ -1,0 +1,92 @@
+"""Dynamic quantization: a type per tensor from the sensitivity table, under a size budget.
+
+The budget is given as bits per weight (over every tensor of the file, as `lowbit quantize`
+reports it) or as a file size in bytes; tensors that are not weight matrices stay F32 and count
+against it. The plan is written as a recipe file (quant/allocate.py) that `--recipe` applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lowbit.quant.allocate import AllocationError, Candidate, allocate
+from lowbit.quant.gguffile import GGUFFile
+from lowbit.quant.recipes import is_quantizable
+
+from .sensitivity import SensitivityTable
+
+MiB = 2 ** 20
+
+
+@dataclass
+class Allocation:
+    types: dict[str, str]            # tensor -> type, every quantizable tensor
+    predicted: dict[str, float]      # tensor -> predicted KLD of its choice
+    tensor_bytes: int                # all tensors, the F32 ones included
+    n_params: int
+    budget_bytes: int
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.tensor_bytes / self.n_params
+
+    @property
+    def predicted_kld(self) -> float:
+        return sum(self.predicted.values())
+
+    def dominant_type(self, table: SensitivityTable) -> str:
+        by = {}
+        for tc in table.tensors:
+            t = self.types[tc.name]
+            by[t] = by.get(t, 0) + tc.bytes[t]
+        return max(by, key=by.get)
+
+
+def fixed_bytes(src: GGUFFile) -> tuple[int, int]:
+    """Bytes and parameters of the tensors that stay F32, and the parameters of all tensors."""
+    fixed = sum(4 * t.n_elements for n, t in src.tensors.items() if not is_quantizable(n, t.shape))
+    return fixed, sum(t.n_elements for t in src.tensors.values())
+
+
+def budget_from(src: GGUFFile, target_bpw: float | None, target_size: int | None) -> int:
+    """The bytes the quantizable tensors may take."""
+    fixed, n_params = fixed_bytes(src)
+    if target_bpw is not None:
+        if not 0 < target_bpw <= 32:
+            raise AllocationError(f"--target-bpw must be between 0 and 32, not {target_bpw}")
+        return int(target_bpw * n_params / 8) - fixed
+    overhead = src.path.stat().st_size - sum(t.n_bytes for t in src.tensors.values())  # metadata
+    return int(target_size) - overhead - fixed
+
+
+def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int) -> Allocation:
+    cands = {tc.name: [Candidate(q, tc.bytes[q], tc.predicted(q)) for q in tc.error] for tc in table.tensors}
+    fixed, n_params = fixed_bytes(src)
+    try:
+        chosen = allocate(cands, budget)
+    except AllocationError:
+        smallest = sum(min(c.n_bytes for c in cs) for cs in cands.values()) + fixed
+        raise AllocationError(
+            f"the budget is below what the smallest types allow: at least {8 * smallest / n_params:.3f} "
+            f"bits per weight ({smallest / MiB:.2f} MiB of tensors)") from None
+    used = sum(c.n_bytes for c in chosen.values()) + fixed
+    return Allocation({n: c.type for n, c in chosen.items()}, {n: c.cost for n, c in chosen.items()},
+                      used, n_params, budget + fixed)
+
+
+def recipe_rows(table: SensitivityTable, alloc: Allocation) -> list[tuple[str, str, str]]:
+    rows = []
+    for tc in table.tensors:
+        t = alloc.types[tc.name]
+        rows.append((tc.name, t, f"{tc.bytes[t] / MiB:7.3f} MiB, predicted KLD {tc.predicted(t):.3g}"))
+    return rows
+
+
+def recipe_header(src: GGUFFile, table: SensitivityTable, alloc: Allocation, what: str) -> list[str]:
+    rc = table.rank_correlation
+    return [f"lowbit recipe for {src.path.name}: {what}",
+            f"{alloc.bpw:.4f} bits per weight, {alloc.tensor_bytes / MiB:.2f} MiB of tensors, "
+            f"predicted KLD {alloc.predicted_kld:.4g} (the sum over tensors)",
+            f"sensitivity from {table.sample_tokens} calibration tokens; held-out rank correlation "
+            f"(Spearman, {rc.get('pairs', 0)} pairs) of the predicted cost: "
+            f"{rc.get('error_times_tensor_gain', float('nan')):.3f}",
+            "edit freely: one tensor per line, TENSOR TYPE; apply with lowbit quantize IN OUT --recipe FILE"]

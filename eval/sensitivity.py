@@ -1,0 +1,232 @@
+"""How much each tensor matters: the cost table that `lowbit quantize --target-bpw` allocates on.
+
+For every quantizable tensor t and candidate type q:
+  * E(t, q): the importance-weighted squared error of t encoded as q, sum_rows sum_i imp_i (w - q)^2
+    (imp: the importance matrix's mean squared activations; uniform for the token embedding,
+    which no matrix multiplies). For a linear layer this is the mean squared error the
+    quantization adds to the layer's outputs, so it is the natural first-order predictor.
+  * the measured KLD: the model's mean KL-divergence from the unquantized model over a sample
+    of calibration text, with t alone quantized to a reference type (Q3_K where the rows take
+    256-blocks, Q4_0 otherwise). That gives each tensor its gain g(t) = KLD / E at the
+    reference, the part E cannot know: how strongly an error at t's place in the network
+    reaches the logits.
+The predicted cost of t as q is g(t) * E(t, q). A sample of other (t, q) pairs is measured too,
+held out, to report how well the predictors rank what is measured (Spearman), for E alone, for
+E scaled by a gain per tensor kind, and for the per-tensor gains that the allocator uses.
+
+Tables are cached by the content of what they depend on (model, importance matrix, sample), so
+a --dry-run followed by the real run measures once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lowbit.quant.decode import dequantize
+from lowbit.quant.encode import quantize
+from lowbit.quant.gguffile import GGUFFile
+from lowbit.quant.imatrix import ImportanceMatrix
+from lowbit.quant.jit_cache import cache_dir
+from lowbit.quant.recipes import is_quantizable
+from lowbit.quant.types import by_name
+
+from .perplexity import log_softmax_rows
+
+# The types the allocator chooses among (those a row length cannot take are left out per tensor).
+CANDIDATES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "Q2_K", "Q3_K",
+              "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q4_0", "Q5_0", "Q5_1", "Q8_0"]
+REFERENCE = ("Q3_K", "Q4_0")     # the measured type: 256-block rows, other rows (when candidates)
+ROW_SAMPLE = 4096                # rows of a tensor encoded to estimate E (scaled to the whole)
+HELD_OUT = 48                    # extra (tensor, type) pairs measured to check the predictors
+VERSION = 1
+
+
+@dataclass
+class TensorCosts:
+    name: str
+    kind: str                    # attn_q, ffn_down, token_embd, ...
+    layer: int                   # -1 outside the blocks
+    n_params: int
+    n_cols: int
+    bytes: dict = field(default_factory=dict)      # type -> bytes of the whole tensor
+    error: dict = field(default_factory=dict)      # type -> E(t, q)
+    measured: dict = field(default_factory=dict)   # type -> KLD with t alone quantized
+    reference: str = ""
+
+    @property
+    def gain(self) -> float:
+        e = self.error.get(self.reference, 0.0)
+        return self.measured.get(self.reference, 0.0) / e if e > 0 else 0.0
+
+    def predicted(self, qtype: str) -> float:
+        return self.gain * self.error[qtype]
+
+
+@dataclass
+class SensitivityTable:
+    model: str
+    tensors: list[TensorCosts]
+    sample_tokens: int
+    seconds: float = 0.0
+    rank_correlation: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"version": VERSION, "model": self.model, "sample_tokens": self.sample_tokens,
+                "seconds": self.seconds, "rank_correlation": self.rank_correlation,
+                "tensors": [asdict(t) for t in self.tensors]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SensitivityTable":
+        return cls(d["model"], [TensorCosts(**t) for t in d["tensors"]], d["sample_tokens"],
+                   d["seconds"], d["rank_correlation"])
+
+
+def tensor_kind(name: str) -> tuple[str, int]:
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) >= 3:
+        return parts[2], int(parts[1])
+    return parts[0], -1
+
+
+def candidate_types(n_cols: int, allowed: list[str] | None = None) -> list[str]:
+    return [t for t in (allowed or CANDIDATES) if n_cols % by_name(t).block_size == 0]
+
+
+def spearman(a, b) -> float:
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    if len(ra) < 3 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+class SensitivityProbe:
+    """Swaps one tensor of a loaded model for a quantized version and measures the KLD."""
+
+    def __init__(self, model, sample: np.ndarray):
+        self.model = model
+        self.sample = sample
+        self.base = self._log_probs()
+        self.slots = {lin.name: [lin] for lin in model.linears(include_output=True)}
+
+    def _log_probs(self) -> np.ndarray:
+        logits = self.model.forward(self.sample, self.model.new_cache(len(self.sample)), logits_from=0)
+        return log_softmax_rows(logits)
+
+    def kld_with(self, name: str, raw: np.ndarray, qtype) -> float:
+        from lowbit.runtime.kernels import QuantMatrix
+        m = self.model
+        t = m.gguf.tensors[name]
+        swapped = QuantMatrix(raw, qtype, t.shape[0], t.shape[1], name)
+        saved = []
+        if name == "token_embd.weight":  # the lookup table, and the output matrix when tied
+            saved.append((m, "_embd", m._embd))
+            m._embd = swapped
+        for lin in self.slots.get(name, []):
+            saved.append((lin, "matrix", lin.matrix))
+            lin.matrix = swapped
+        try:
+            lq = self._log_probs()
+        finally:
+            for obj, attr, old in saved:
+                setattr(obj, attr, old)
+        p = np.exp(self.base)
+        return float(np.maximum((p * (self.base - lq)).sum(axis=1), 0.0).mean())
+
+
+def _error(rows: np.ndarray, qtype, imp: np.ndarray | None) -> float:
+    q = dequantize(quantize(rows, qtype, imp), qtype, rows.shape)
+    d2 = np.square(rows.astype(np.float64) - q)
+    return float((d2 * imp).sum()) if imp is not None else float(d2.sum())
+
+
+def build_table(src: GGUFFile, model, im: ImportanceMatrix, sample: np.ndarray, seed: int = 0,
+                progress: Callable[[str], None] = lambda s: None,
+                candidates: list[str] | None = None) -> SensitivityTable:
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    probe = SensitivityProbe(model, sample)
+    tensors = []
+    names = [n for n, t in src.tensors.items() if is_quantizable(n, t.shape)]
+    for k, name in enumerate(names):
+        t = src.tensors[name]
+        kind, layer = tensor_kind(name)
+        progress(f"errors {k + 1}/{len(names)}: {name}")
+        w = dequantize(src.raw(name), t.qtype, t.shape).reshape(-1, t.n_cols)
+        pick = np.sort(rng.choice(len(w), ROW_SAMPLE, replace=False)) if len(w) > ROW_SAMPLE else slice(None)
+        rows = np.ascontiguousarray(w[pick])
+        scale = len(w) / len(rows)
+        imp = im.importance(name)
+        tc = TensorCosts(name, kind, layer, t.n_elements, t.n_cols)
+        types = candidate_types(t.n_cols, candidates)
+        if not types:
+            raise ValueError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
+        for q in types:
+            qt = by_name(q)
+            tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
+            tc.error[q] = _error(rows, qt, imp) * scale
+        tc.reference = next((r for r in REFERENCE if r in tc.error), types[len(types) // 2])
+        progress(f"KLD {k + 1}/{len(names)}: {name} as {tc.reference}")
+        ref = by_name(tc.reference)
+        tc.measured[tc.reference] = probe.kld_with(name, quantize(w, ref, imp), ref)
+        tensors.append(tc)
+    # Held-out pairs: other types of random tensors, to check how the predictors rank.
+    pairs = [(tc, q) for tc in tensors for q in tc.error if q != tc.reference]
+    for j, i in enumerate(rng.choice(len(pairs), min(HELD_OUT, len(pairs)), replace=False)):
+        tc, q = pairs[i]
+        progress(f"held-out KLD {j + 1}/{HELD_OUT}: {tc.name} as {q}")
+        t = src.tensors[tc.name]
+        w = dequantize(src.raw(tc.name), t.qtype, t.shape).reshape(-1, t.n_cols)
+        tc.measured[q] = probe.kld_with(tc.name, quantize(w, by_name(q), im.importance(tc.name)), by_name(q))
+    table = SensitivityTable(str(src.path), tensors, len(sample), time.perf_counter() - start)
+    table.rank_correlation = rank_correlations(tensors)
+    return table
+
+
+def rank_correlations(tensors: list[TensorCosts]) -> dict:
+    """Spearman between measured held-out KLD and three predictors."""
+    held = [(tc, q) for tc in tensors for q in tc.measured if q != tc.reference]
+    if len(held) < 3:
+        return {}
+    kind_gain = {}
+    for kind in {tc.kind for tc in tensors}:
+        g = [tc.gain for tc in tensors if tc.kind == kind and tc.gain > 0]
+        kind_gain[kind] = float(np.median(g)) if g else 0.0
+    measured = [tc.measured[q] for tc, q in held]
+    return {
+        "pairs": len(held),
+        "error_alone": spearman([tc.error[q] for tc, q in held], measured),
+        "error_times_kind_gain": spearman([kind_gain[tc.kind] * tc.error[q] for tc, q in held], measured),
+        "error_times_tensor_gain": spearman([tc.predicted(q) for tc, q in held], measured),
+    }
+
+
+def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[str] | None) -> str:
+    h = hashlib.sha256()
+    h.update(",".join(candidates or CANDIDATES).encode())
+    st = os.stat(src.path)
+    h.update(f"{VERSION}|{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(Path(im_path).read_bytes())
+    h.update(np.ascontiguousarray(sample, dtype=np.int64).tobytes())
+    return h.hexdigest()[:24]
+
+
+def load_or_build(src: GGUFFile, model_loader: Callable, im: ImportanceMatrix, im_path: str,
+                  sample: np.ndarray, progress=lambda s: None,
+                  candidates: list[str] | None = None) -> SensitivityTable:
+    path = cache_dir() / "sensitivity" / f"{cache_key(src, im_path, sample, candidates)}.json"
+    if path.exists():
+        return SensitivityTable.from_json(json.loads(path.read_text()))
+    table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(table.to_json()))
+    tmp.replace(path)
+    return table
