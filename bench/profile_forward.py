@@ -34,7 +34,7 @@ from lowbit.eval.speed import synthetic_tokens  # noqa: E402
 from lowbit.runtime import model as model_mod  # noqa: E402
 from lowbit.runtime.model import Linear, Model  # noqa: E402
 
-OPS = ("rms_norm", "apply_rope", "attention", "rope_tables")
+OPS = ("rms_norm", "apply_rope", "attention", "rope_tables", "quantize_for")
 
 
 def kind_of(name: str) -> str:
@@ -73,9 +73,9 @@ def instrument(prof: Profile):
     undo = []
     orig_call = Linear.__call__
 
-    def timed_call(self, x):
+    def timed_call(self, x, *args, **kwargs):
         t = time.perf_counter()
-        y = orig_call(self, x)
+        y = orig_call(self, x, *args, **kwargs)
         m = self.matrix
         prof.add(("matrix", kind_of(m.name)), time.perf_counter() - t, m.n_rows * m.n_cols,
                  m.n_bytes, m.qtype.name)

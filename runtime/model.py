@@ -14,7 +14,8 @@ from lowbit.quant.gguffile import GGUFFile, open_gguf
 
 from .config import ModelConfig, ModelError, read_config
 from .kernels import QuantMatrix
-from .ops import ACTIVATIONS, apply_rope, attention, rms_norm, rope_tables
+from .kernels.attention import attention, cache_length
+from .ops import ACTIVATIONS, apply_rope, rms_norm, rope_tables
 
 
 class Linear:
@@ -33,13 +34,26 @@ class Linear:
     def name(self) -> str:
         return self.matrix.name
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, qa=None) -> np.ndarray:
+        """W x (+ b) for the rows of x; qa: x already quantized for the integer kernels (one
+        quantization shared by the matrices that read the same activations)."""
         if self.observer is not None:
             self.observer(self.name, x)
-        y = self.matrix.matvec(x[0])[None, :] if x.shape[0] == 1 else self.matrix.matmul(x)
+        m = self.matrix
+        if m.integer:
+            y = m.matmul_quantized(qa if qa is not None else m.quantize(x))
+        else:
+            y = m.matvec(x[0])[None, :] if x.shape[0] == 1 else m.matmul(x)
         if self.bias is not None:
             y += self.bias
         return y
+
+
+def quantize_for(x: np.ndarray, *linears: Linear):
+    """x quantized once for the integer kernels of all these matrices, or None."""
+    if all(lin.matrix.integer for lin in linears):
+        return linears[0].matrix.quantize(x)
+    return None
 
 
 @dataclass
@@ -60,12 +74,22 @@ class Layer:
 
 
 class KVCache:
+    """Keys transposed (kt[layer, head, dim, position]) and values as rows (v[layer, head,
+    position, dim]), float32, for n_ctx positions plus the padding the attention kernel reads
+    past the last key (kernels/attention.py)."""
+
     def __init__(self, cfg: ModelConfig, n_ctx: int):
-        shape = (cfg.n_layer, n_ctx, cfg.n_head_kv, cfg.head_dim)
-        self.k = np.zeros(shape, dtype=np.float32)
-        self.v = np.zeros(shape, dtype=np.float32)
+        n_alloc = cache_length(n_ctx)
+        self.kt = np.zeros((cfg.n_layer, cfg.n_head_kv, cfg.head_dim, n_alloc), dtype=np.float32)
+        self.v = np.zeros((cfg.n_layer, cfg.n_head_kv, n_alloc, cfg.head_dim), dtype=np.float32)
         self.n_ctx = n_ctx
         self.n_past = 0
+
+    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Keys and values (T, n_kv, head_dim) of positions pos0 .. pos0 + T - 1."""
+        n = k.shape[0]
+        self.kt[layer, :, :, pos0:pos0 + n] = k.transpose(1, 2, 0)
+        self.v[layer, :, pos0:pos0 + n, :] = v.transpose(1, 0, 2)
 
 
 class Model:
@@ -167,26 +191,26 @@ class Model:
                 ropes[base] = rope_tables(positions, cfg.rope_dims, base, cfg.rope_freq_scale)
             cos, sin = ropes[base]
             h = rms_norm(x, L.attn_norm, cfg.rms_eps)
-            q = L.wq(h).reshape(n_tokens, cfg.n_head, hd)
-            k = L.wk(h).reshape(n_tokens, cfg.n_head_kv, hd)
-            v = L.wv(h).reshape(n_tokens, cfg.n_head_kv, hd)
+            hq = quantize_for(h, L.wq, L.wk, L.wv)
+            q = L.wq(h, hq).reshape(n_tokens, cfg.n_head, hd)
+            k = L.wk(h, hq).reshape(n_tokens, cfg.n_head_kv, hd)
+            v = L.wv(h, hq).reshape(n_tokens, cfg.n_head_kv, hd)
             if L.q_norm is not None:
                 q = rms_norm(q, L.q_norm, cfg.rms_eps)
             if L.k_norm is not None:
                 k = rms_norm(k, L.k_norm, cfg.rms_eps)
             apply_rope(q, cos, sin, cfg.arch.rope_neox)
             apply_rope(k, cos, sin, cfg.arch.rope_neox)
-            cache.k[il, pos0:pos0 + n_tokens] = k
-            cache.v[il, pos0:pos0 + n_tokens] = v
+            cache.store(il, pos0, k, v)
             window = cfg.sliding_window if cfg.is_sliding(il) else 0
-            a = attention(q, cache.k[il, :pos0 + n_tokens], cache.v[il, :pos0 + n_tokens], pos0,
-                          cfg.attn_scale, window)
+            a = attention(q, cache.kt[il], cache.v[il], pos0, cfg.attn_scale, window)
             o = L.wo(a)
             if L.post_attn_norm is not None:
                 o = rms_norm(o, L.post_attn_norm, cfg.rms_eps)
             x = x + o
             h = rms_norm(x, L.ffn_norm, cfg.rms_eps)
-            f = L.w_down(act(L.w_gate(h)) * L.w_up(h))
+            hq = quantize_for(h, L.w_gate, L.w_up)
+            f = L.w_down(act(L.w_gate(h, hq)) * L.w_up(h, hq))
             if L.post_ffn_norm is not None:
                 f = rms_norm(f, L.post_ffn_norm, cfg.rms_eps)
             x = x + f

@@ -22,8 +22,9 @@ the array (the kernels' Python wrappers check the shapes), as with every njit ar
 from __future__ import annotations
 
 import llvmlite.binding as llvm_binding
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -399,3 +400,50 @@ def store_i8x16(typingctx, arr, index, v):
         return context.get_dummy_value()
 
     return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def bits_to_f32x16(typingctx, a):
+    """Reinterpret i32 lanes as float."""
+    if a != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _V16F32)
+
+    return f32x16(a), codegen
+
+
+@intrinsic
+def reduce_add_f32x16(typingctx, a):
+    """The sum of the lanes (in any order)."""
+    if a != f32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType(), _V16F32]),
+                                           "llvm.vector.reduce.fadd.v16f32")
+        return builder.call(f, [ir.Constant(ir.FloatType(), 0.0), args[0]], fastmath=("reassoc",))
+
+    return types.float32(a), codegen
+
+
+@njit(inline="always")
+def exp_f32x16(x):
+    """e^x in each lane, to about 2 ulp (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
+    polynomial for e^r, times 2^n built in the exponent bits). Inputs below -87.3 give a tiny
+    positive number instead of 0 or a subnormal; above 88.7, 2^128-ish garbage (softmax never
+    asks: its arguments are <= 0)."""
+    x = min_f32x16(max_f32x16(x, splat_f32(np.float32(-87.3))), splat_f32(np.float32(88.7)))
+    n = rint_f32x16(mul_f32x16(x, splat_f32(np.float32(1.44269504088896341))))
+    r = fma_f32x16(n, splat_f32(np.float32(-0.693359375)), x)
+    r = fma_f32x16(n, splat_f32(np.float32(2.12194440e-4)), r)
+    p = splat_f32(np.float32(1.9875691500e-4))
+    p = fma_f32x16(p, r, splat_f32(np.float32(1.3981999507e-3)))
+    p = fma_f32x16(p, r, splat_f32(np.float32(8.3334519073e-3)))
+    p = fma_f32x16(p, r, splat_f32(np.float32(4.1665795894e-2)))
+    p = fma_f32x16(p, r, splat_f32(np.float32(1.6666665459e-1)))
+    p = fma_f32x16(p, r, splat_f32(np.float32(5.0000001201e-1)))
+    y = fma_f32x16(mul_f32x16(p, r), r, add_f32x16(r, splat_f32(np.float32(1.0))))
+    two_n = bits_to_f32x16(shl_i32x16(add_i32x16(to_i32x16(n), splat_i32(127)), 23))
+    return mul_f32x16(y, two_n)
