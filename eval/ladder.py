@@ -26,7 +26,7 @@ from typing import Callable
 from lowbit.quant import imatrix as imx
 from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import QuantizeError, quantize_model
-from lowbit.quant.recipes import NEEDS_IMATRIX, PlanOptions, RecipeError, resolve_target
+from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
 RESULTS = "results.json"
 
@@ -102,7 +102,7 @@ def entries_to_run(cfg: LadderConfig) -> list[Entry]:
             raise LadderError(str(e)) from None
         out.append(Entry(preset.name, True))
         if cfg.with_and_without:
-            needs = preset.default in NEEDS_IMATRIX or preset.name == "Q2_K_S"
+            needs = preset.default in NEEDS_IMATRIX or preset.name in PRESETS_NEEDING_IMATRIX
             out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok"))
     return out
 

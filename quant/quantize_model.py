@@ -12,7 +12,7 @@ from .decode import dequantize
 from .encode import quantize
 from .gguffile import GGUFFile
 from .imatrix import ImportanceMatrix
-from .recipes import NEEDS_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError, plan, resolve_target
+from .recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError, plan, resolve_target
 from .writer import TensorSpec, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -73,15 +73,23 @@ def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: Impo
         if not t.qtype.is_float and not allow_requantize:
             raise QuantizeError(f"{src.path.name} is already quantized ({c.name} is {t.qtype.name}); "
                                 f"pass --allow-requantize to quantize it again")
-    q2k_s = resolve_target(opts.target)[0].name == "Q2_K_S"
+    preset = resolve_target(opts.target)[0].name
+    if opts.recipe is None and preset in PRESETS_NEEDING_IMATRIX and im is None:
+        raise QuantizeError(f"{preset} needs an importance matrix, as in llama.cpp: pass --imatrix FILE "
+                            f"(make one with `lowbit imatrix`)")
     for c in changed:
-        needs = c.qtype.name in NEEDS_IMATRIX or (q2k_s and c.qtype.name == "Q2_K" and c.name != "token_embd.weight")
+        needs = ((c.qtype.name in NEEDS_IMATRIX and not (c.qtype.name == "IQ1_M" and _is_embd_or_output(c.name)))
+                 or (preset == "Q2_K_S" and c.qtype.name == "Q2_K" and c.name != "token_embd.weight"))
         if needs and (im is None or im.importance(c.name) is None):
             raise QuantizeError(f"{c.qtype.name} (for {c.name}) needs an importance matrix, as in "
                                 f"llama.cpp: pass --imatrix FILE (make one with `lowbit imatrix`)")
     for c in changed:
         if c.qtype.encode_row is None and c.qtype.name != "F32":
             raise QuantizeError(f"lowbit cannot encode {c.qtype.name} yet (needed for {c.name})")
+
+
+def _is_embd_or_output(name: str) -> bool:
+    return name in ("token_embd.weight", "output.weight")
 
 
 def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress):

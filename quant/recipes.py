@@ -42,13 +42,18 @@ PRESETS = {p.name: p for p in [
 ]}
 PRESETS["F32"] = Preset("F32", int(LlamaFileType.ALL_F32), "F32")
 
-# Types llama.cpp refuses to make without an importance matrix.
-NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}
+# What llama.cpp refuses without an importance matrix (checked against llama-cpp-python 0.3.36):
+# a tensor of these types (IQ1_M only outside the embedding and output), and these presets
+# whatever their tensors end up as (llama-quantize's own check).
+NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S"}
+PRESETS_NEEDING_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"}
 
-# A 256-block type whose blocks do not divide the row falls back to a 32-block type.
+# A 256-block type whose blocks do not divide the row falls back to a 32-block type (as
+# llama.cpp does today: Q2_K and Q3_K take Q4_0, the i-quants IQ4_NL; bench/llamacpp_quantize.py
+# compares every preset's plan with the file llama.cpp writes).
 FALLBACK = {"IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL",
-            "IQ3_S": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "Q2_K": "IQ4_NL",
-            "Q3_K": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+            "IQ3_S": "IQ4_NL", "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "Q2_K": "Q4_0",
+            "Q3_K": "Q4_0", "IQ4_XS": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 
 
@@ -94,6 +99,16 @@ class Choice:
     reason: str
 
 
+def layer_index(name: str, counted: int) -> int:
+    """The block number in a tensor's name (blk.N.*), else how many such tensors came before.
+    llama.cpp goes by the name: files need not list their blocks in numeric order (SmolLM2's
+    lists blk.0, blk.1, blk.10, blk.11, ...)."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+        return int(parts[1])
+    return counted
+
+
 @dataclass
 class RuleState:
     i_attn_v: int = 0
@@ -126,7 +141,7 @@ def preset_rule(p: str, name: str, n_cols: int, m: ModelShape, st: RuleState, ha
                 return "Q4_K"
             return "IQ3_S" if p in ("IQ2_S", "IQ2_M") else "Q2_K"
         if "ffn_down" in name:
-            i = st.i_ffn_down
+            i = layer_index(name, st.i_ffn_down)
             st.i_ffn_down += 1
             if i < m.n_layer // 8:
                 return "IQ3_S" if p in ("IQ2_S", "IQ2_M") else "Q2_K"
@@ -138,7 +153,7 @@ def preset_rule(p: str, name: str, n_cols: int, m: ModelShape, st: RuleState, ha
                 return "IQ3_S"
         return t
     if "attn_v.weight" in name:
-        i = st.i_attn_v
+        i = layer_index(name, st.i_attn_v)
         st.i_attn_v += 1
         gqa4 = m.n_gqa >= 4
         if p == "Q2_K":
@@ -169,7 +184,7 @@ def preset_rule(p: str, name: str, n_cols: int, m: ModelShape, st: RuleState, ha
             return "IQ2_S"
         return t
     if "ffn_down" in name:
-        i, n = st.i_ffn_down, m.n_layer
+        i, n = layer_index(name, st.i_ffn_down), m.n_layer
         st.i_ffn_down += 1
         if p == "Q2_K":
             return "Q3_K"

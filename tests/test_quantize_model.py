@@ -54,6 +54,11 @@ def test_preset_rules():
     t = types_of("Q2_K")
     assert t["blk.0.attn_v.weight"] == "Q3_K" and t["blk.5.ffn_down.weight"] == "Q3_K"
     assert t["blk.5.attn_output.weight"] == "Q3_K" and t["blk.5.ffn_up.weight"] == "Q2_K"
+    # Files may list blocks out of numeric order (SmolLM2: blk.0, blk.1, blk.10, ...): the rules
+    # go by the block number in the name, as llama.cpp's do.
+    shuffled = sorted(SHAPES, key=lambda s: s[0])
+    by_name = {c.name: c.qtype.name for c in plan(shuffled, ModelShape(8, 2, False), PlanOptions("Q4_K_M"))}
+    assert by_name == types_of("Q4_K_M")
     t = types_of("IQ2_M", shape=ModelShape(8, 4, has_output=False))
     assert t["blk.0.attn_v.weight"] == "Q4_K" and t["blk.0.ffn_down.weight"] == "IQ3_S"
     assert t["blk.1.ffn_down.weight"] == "IQ2_S" and t["token_embd.weight"] == "Q5_K"
@@ -70,6 +75,11 @@ def test_pure_overrides_and_fallbacks():
     odd = [("blk.0.ffn_down.weight", (64, 576))]
     c = plan(odd, ModelShape(1, 1, True), PlanOptions("Q4_K"))[0]
     assert c.qtype.name == "Q5_0" and "fallback" in c.reason
+    # llama.cpp's fallbacks for rows that 256-blocks do not divide
+    fallbacks = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "IQ2_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
+                 "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+    for want, got in fallbacks.items():
+        assert plan(odd, ModelShape(1, 1, True), PlanOptions(want))[0].qtype.name == got
     with pytest.raises(RecipeError, match="cannot take"):
         plan(odd, ModelShape(1, 1, True), PlanOptions("Q4_0", overrides=[("ffn", "IQ2_XS")]))
     with pytest.raises(RecipeError, match="not a valid regex"):
@@ -142,8 +152,10 @@ def test_forced_types_that_cannot_be_made_are_refused(tmp_path):
     out = tmp_path / "q.gguf"
     done = lowbit("quantize", narrow, out, "Q8_0", "--tensor-type", "attn_q=IQ2_XS")
     assert done.returncode == 1 and "cannot take" in done.stderr and "Traceback" not in done.stderr
-    done = lowbit("quantize", narrow, out, "IQ2_XXS")
-    assert done.returncode == 0, done.stderr  # every row falls back to IQ4_NL: no IQ2_XXS made
+    done = lowbit("quantize", narrow, out, "IQ2_XXS")  # as llama-quantize: the preset itself needs one
+    assert done.returncode == 1 and "IQ2_XXS needs an importance matrix" in done.stderr
+    done = lowbit("quantize", narrow, out, "IQ3_XXS")  # llama.cpp makes IQ3_XXS without one
+    assert done.returncode == 0, done.stderr
     out.unlink()
     wide = build_model(tmp_path / "wide.gguf", "llama", "F32", embd_type="F32", n_layer=1)
     done = lowbit("quantize", wide, out, "IQ2_XXS")
