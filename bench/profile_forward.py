@@ -34,7 +34,8 @@ from lowbit.eval.speed import synthetic_tokens  # noqa: E402
 from lowbit.runtime import model as model_mod  # noqa: E402
 from lowbit.runtime.model import Linear, Model  # noqa: E402
 
-OPS = ("rms_norm", "apply_rope", "attention", "rope_tables", "quantize_for")
+OPS = ("rms_norm", "residual_norm", "qk_rope_store", "act_mul", "apply_rope", "attention", "rope_tables",
+       "quantize_for")
 
 
 def kind_of(name: str) -> str:
@@ -53,6 +54,7 @@ class Profile:
         self.bytes = defaultdict(int)        # quantized bytes read per call
         self.types = defaultdict(set)
         self.active = False
+        self.in_group = False
 
     def add(self, key, dt, weights=0, n_bytes=0, qtype=None):
         if self.active:
@@ -74,6 +76,8 @@ def instrument(prof: Profile):
     orig_call = Linear.__call__
 
     def timed_call(self, x, *args, **kwargs):
+        if prof.in_group:
+            return orig_call(self, x, *args, **kwargs)
         t = time.perf_counter()
         y = orig_call(self, x, *args, **kwargs)
         m = self.matrix
@@ -83,6 +87,26 @@ def instrument(prof: Profile):
 
     Linear.__call__ = timed_call
     undo.append(lambda: setattr(Linear, "__call__", orig_call))
+
+    if hasattr(model_mod, "LinearGroup"):
+        Group = model_mod.LinearGroup
+        orig_group = Group.__call__
+
+        def timed_group(self, x, *args, **kwargs):
+            t = time.perf_counter()
+            prof.in_group = True
+            try:
+                y = orig_group(self, x, *args, **kwargs)
+            finally:
+                prof.in_group = False
+            mats = [lin.matrix for lin in self.linears]
+            kinds = "+".join(kind_of(m.name) for m in mats)
+            prof.add(("matrix", kinds), time.perf_counter() - t, sum(m.n_rows * m.n_cols for m in mats),
+                     sum(m.n_bytes for m in mats), ",".join(sorted({m.qtype.name for m in mats})))
+            return y
+
+        Group.__call__ = timed_group
+        undo.append(lambda: setattr(Group, "__call__", orig_group))
 
     for name in OPS:
         if not hasattr(model_mod, name):
@@ -98,7 +122,7 @@ def instrument(prof: Profile):
         setattr(model_mod, name, timed)
         undo.append(lambda _n=name, _f=fn: setattr(model_mod, _n, _f))
 
-    acts = model_mod.ACTIVATIONS
+    acts = getattr(model_mod, "ACTIVATIONS", {})
     for name, fn in list(acts.items()):
         def timed_act(x, _fn=fn, _name=name):
             t = time.perf_counter()

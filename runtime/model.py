@@ -13,9 +13,10 @@ from lowbit.quant.decode import dequantize
 from lowbit.quant.gguffile import GGUFFile, open_gguf
 
 from .config import ModelConfig, ModelError, read_config
-from .kernels import QuantMatrix
+from .kernels import QuantMatrix, StackedMatrix
 from .kernels.attention import attention, cache_length
-from .ops import ACTIVATIONS, apply_rope, rms_norm, rope_tables
+from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
+from .ops import rope_tables
 
 
 class Linear:
@@ -56,6 +57,34 @@ def quantize_for(x: np.ndarray, *linears: Linear):
     return None
 
 
+class LinearGroup:
+    """Linear layers that read the same activations (q, k, v; gate, up): one quantization of
+    the activations and, when their matrices can be stacked, one kernel call. The outputs come
+    side by side in one (T, sum of rows) array."""
+
+    def __init__(self, linears: list[Linear]):
+        self.linears = linears
+        mats = [lin.matrix for lin in linears]
+        self.stacked = StackedMatrix(mats) if StackedMatrix.can_stack(mats) else None
+        biases = [lin.bias for lin in linears]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = np.concatenate([np.zeros(m.n_rows, np.float32) if b is None else b
+                                        for b, m in zip(biases, mats)]).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.stacked is None:
+            xq = quantize_for(x, *self.linears)
+            return np.concatenate([lin(x, xq) for lin in self.linears], axis=1)
+        for lin in self.linears:
+            if lin.observer is not None:
+                lin.observer(lin.name, x)
+        y = self.stacked.matmul_quantized(self.linears[0].matrix.quantize(x))
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
 @dataclass
 class Layer:
     attn_norm: np.ndarray
@@ -71,6 +100,10 @@ class Layer:
     k_norm: np.ndarray | None = None
     post_attn_norm: np.ndarray | None = None
     post_ffn_norm: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.qkv = LinearGroup([self.wq, self.wk, self.wv])
+        self.gate_up = LinearGroup([self.w_gate, self.w_up])
 
 
 class KVCache:
@@ -183,38 +216,26 @@ class Model:
         positions = np.arange(pos0, pos0 + n_tokens)
         ropes = {}
         x = self.embed(tokens)
-        act = ACTIVATIONS[cfg.arch.activation]
         hd = cfg.head_dim
+        eps = cfg.rms_eps
+        h = rms_norm(x, self.layers[0].attn_norm, eps)
         for il, L in enumerate(self.layers):
             base = cfg.layer_rope_base(il)
             if base not in ropes:
                 ropes[base] = rope_tables(positions, cfg.rope_dims, base, cfg.rope_freq_scale)
             cos, sin = ropes[base]
-            h = rms_norm(x, L.attn_norm, cfg.rms_eps)
-            hq = quantize_for(h, L.wq, L.wk, L.wv)
-            q = L.wq(h, hq).reshape(n_tokens, cfg.n_head, hd)
-            k = L.wk(h, hq).reshape(n_tokens, cfg.n_head_kv, hd)
-            v = L.wv(h, hq).reshape(n_tokens, cfg.n_head_kv, hd)
-            if L.q_norm is not None:
-                q = rms_norm(q, L.q_norm, cfg.rms_eps)
-            if L.k_norm is not None:
-                k = rms_norm(k, L.k_norm, cfg.rms_eps)
-            apply_rope(q, cos, sin, cfg.arch.rope_neox)
-            apply_rope(k, cos, sin, cfg.arch.rope_neox)
-            cache.store(il, pos0, k, v)
+            # attention: q/k/v in one product; norms, RoPE and the cache write in one call
+            qkv = L.qkv(h)
+            q = qk_rope_store(qkv, cfg.n_head, cfg.n_head_kv, hd, L.q_norm, L.k_norm, eps, cos, sin,
+                              cfg.arch.rope_neox, cache.kt[il], cache.v[il], pos0)
             window = cfg.sliding_window if cfg.is_sliding(il) else 0
             a = attention(q, cache.kt[il], cache.v[il], pos0, cfg.attn_scale, window)
-            o = L.wo(a)
-            if L.post_attn_norm is not None:
-                o = rms_norm(o, L.post_attn_norm, cfg.rms_eps)
-            x = x + o
-            h = rms_norm(x, L.ffn_norm, cfg.rms_eps)
-            hq = quantize_for(h, L.w_gate, L.w_up)
-            f = L.w_down(act(L.w_gate(h, hq)) * L.w_up(h, hq))
-            if L.post_ffn_norm is not None:
-                f = rms_norm(f, L.post_ffn_norm, cfg.rms_eps)
-            x = x + f
+            h = residual_norm(x, L.wo(a), L.post_attn_norm, L.ffn_norm, eps)
+            # feed-forward: gate and up in one product
+            f = L.w_down(act_mul(L.gate_up(h), cfg.n_ff, cfg.arch.activation))
+            last = il + 1 == len(self.layers)
+            h = residual_norm(x, f, L.post_ffn_norm, None if last else self.layers[il + 1].attn_norm, eps)
         cache.n_past = pos0 + n_tokens
         start = n_tokens - 1 if logits_from is None else logits_from
-        h = rms_norm(x[start:], self.output_norm, cfg.rms_eps)
+        h = rms_norm(x[start:], self.output_norm, eps)
         return self.output(h)

@@ -1,4 +1,4 @@
 """Quantized weight matrices and the fused kernels that multiply by them."""
-from .matrix import QuantMatrix, KernelError
+from .matrix import KernelError, QuantMatrix, StackedMatrix
 
-__all__ = ["QuantMatrix", "KernelError"]
+__all__ = ["QuantMatrix", "StackedMatrix", "KernelError"]

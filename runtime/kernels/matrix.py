@@ -5,6 +5,8 @@ Python, with a clear error, before any njit code indexes the raw bytes.
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from lowbit.quant.decode import dequantize
@@ -13,11 +15,32 @@ from lowbit.quant.types import QuantType
 
 from .fused import matmul_kernel, matvec_kernel
 from .packed import ACTIVATION_PLANES, QuantizedActivations, packed_kernel
-from .repack import repack, unpacking
+from .repack import GROUP, repack, unpacking
 
 
 class KernelError(ValueError):
     """Activations that do not fit the matrix."""
+
+
+def release_mapped_pages(arr: np.ndarray) -> bool:
+    """Drop the whole pages of arr from the resident set if arr views a read-only file mapping
+    (MADV_DONTNEED on a shared file mapping only unmaps; the data stays in the file and the page
+    cache). Anything else (anonymous memory, where it would discard data) is left alone."""
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or base.closed:
+        return False
+    start = arr.ctypes.data - np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data
+    page = mmap.PAGESIZE
+    lo = -(-start // page) * page
+    hi = (start + arr.nbytes) // page * page
+    if hi <= lo:
+        return False
+    base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return True
 
 
 class QuantMatrix:
@@ -32,6 +55,7 @@ class QuantMatrix:
         # the float types keep the generic decode-and-dot kernels.
         self.unpacking = unpacking(qtype)
         self._packed = None
+        self._offsets = None
 
     @property
     def n_bytes(self) -> int:
@@ -50,14 +74,31 @@ class QuantMatrix:
         return self.unpacking is not None
 
     def packed(self):
-        """The repacked weights (q, scale, min), built on first use (repack.py: the layout)."""
+        """The repacked weights (q, scale, min), built on first use (repack.py: the layout).
+
+        When the GGUF bytes are a memory-mapped file, their pages are released from this
+        process's resident set once repacked (they stay in the page cache, and come back on
+        the next access, e.g. an embedding row of a tied output matrix)."""
         if self._packed is None:
             self._packed = repack(self.rows, self.qtype, self.n_rows, self.n_cols)
+            release_mapped_pages(self.rows)
         return self._packed
+
+    def offsets(self) -> np.ndarray:
+        """Per row (padded to whole groups), the symmetric offset OFF as float32 (0 if affine)."""
+        if self._offsets is None:
+            groups = self.packed()[0].shape[0]
+            self._offsets = np.full(groups * GROUP, max(self.unpacking.offset, 0), np.float32)
+        return self._offsets
 
     @property
     def packed_bytes(self) -> int:
         return sum(a.nbytes for a in self._packed) if self._packed is not None else 0
+
+    @property
+    def kernel_key(self) -> tuple[int, bool]:
+        """(sub-block, affine): matrices with equal keys can share one kernel call."""
+        return self.unpacking.sub, self.unpacking.affine
 
     def quantize(self, xs: np.ndarray, planes: int = ACTIVATION_PLANES) -> QuantizedActivations:
         """Activations (T, n_cols) quantized for this matrix's integer kernel."""
@@ -97,10 +138,66 @@ class QuantMatrix:
                               f"({qa.n_tokens}, {self.n_rows})")
         q, scale, mn = self.packed()
         spec = self.unpacking
-        packed_kernel(spec.sub, spec.affine, qa.planes)(q, scale, mn, max(spec.offset, 0), qa.qx, qa.dx, qa.isum,
-                                             qa.n_tokens, self.n_rows, out.reshape(-1))
+        packed_kernel(spec.sub, spec.affine, qa.planes)(q, scale, mn, self.offsets(), qa.qx, qa.dx, qa.isum,
+                                                        qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
 
     def dequantize(self) -> np.ndarray:
         """The exact float32 matrix (materialised: for tests and references, not the hot path)."""
         return dequantize(self.rows, self.qtype, (self.n_rows, self.n_cols))
+
+
+class StackedMatrix:
+    """Integer matrices with one row length and kernel variant (e.g. q, k and v), multiplied by
+    the same activations in one kernel call: the output is their outputs side by side.
+
+    Their repacked arrays are concatenated once (on first use) and each matrix keeps views into
+    the concatenation, so the memory is not doubled; every row count must be whole groups of 16.
+    """
+
+    def __init__(self, matrices: list[QuantMatrix]):
+        first = matrices[0]
+        for m in matrices:
+            if not m.integer or m.n_cols != first.n_cols or m.kernel_key != first.kernel_key or m.n_rows % GROUP:
+                raise KernelError(f"{m.name} cannot be stacked with {first.name}")
+        self.matrices = list(matrices)
+        self.n_cols = first.n_cols
+        self.n_rows = sum(m.n_rows for m in matrices)
+        self.bounds = np.cumsum([0] + [m.n_rows for m in matrices]).tolist()
+        self._arrays = None
+
+    @staticmethod
+    def can_stack(matrices: list[QuantMatrix]) -> bool:
+        first = matrices[0]
+        return all(m.integer and m.n_cols == first.n_cols and m.kernel_key == first.kernel_key
+                   and m.n_rows % GROUP == 0 for m in matrices)
+
+    def _stack(self):
+        parts = [m.packed() for m in self.matrices]
+        offs = [m.offsets() for m in self.matrices]
+        q, scale, mn = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        offsets = np.concatenate(offs)
+        g = 0
+        for m in self.matrices:
+            n = m.n_rows // GROUP
+            m._packed = (q[g:g + n], scale[g:g + n], mn[g:g + n])
+            m._offsets = offsets[g * GROUP:(g + n) * GROUP]
+            g += n
+        self._arrays = (q, scale, mn, offsets)
+
+    def matmul_quantized(self, qa: QuantizedActivations) -> np.ndarray:
+        """(T, n_rows) for all the matrices; split with `bounds`."""
+        if qa.n_cols != self.n_cols:
+            raise KernelError(f"stacked matrices take activations of shape (T, {self.n_cols}), "
+                              f"got (T, {qa.n_cols})")
+        if self._arrays is None:
+            self._stack()
+        q, scale, mn, offsets = self._arrays
+        out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
+        sub, affine = self.matrices[0].kernel_key
+        packed_kernel(sub, affine, qa.planes)(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum,
+                                              qa.n_tokens, self.n_rows, out.reshape(-1))
+        return out
+
+    def split(self, y: np.ndarray) -> list[np.ndarray]:
+        return [y[:, a:b] for a, b in zip(self.bounds[:-1], self.bounds[1:])]

@@ -19,8 +19,9 @@ A weight sub-block is w = scale * u - min (repack.py), so for one row and sub-bl
 with the integer dot products I1 = sum u q1, I23 = 254 * sum u q2 + sum u q3 (vpdpbusd: 16 rows
 x 4 columns per instruction, the activation bytes broadcast), and the activation sums
 S1 = sum q1, S23 = 254 * sum q2 + sum q3 (per 16 columns, made with the quantization). For
-symmetric types (min = OFF * scale) the min term is taken off the integers before conversion
-(I1 - OFF * S1): exact. All integers fit in int32: |I23| <= 255 * 127 * 32 * 255 < 2^29.
+symmetric types (min = OFF * scale) the min term is taken off before the scale multiplies:
+I1 - OFF * S1, both integers below 2^24, so exact in float32; OFF is per row, so that matrices
+of different symmetric types can be stacked into one product (StackedMatrix). All integers fit in int32: |I23| <= 255 * 127 * 32 * 255 < 2^29.
 So the kernels compute decode(W) @ x~ up to float32 rounding in the per-sub-block products
 (tests/test_kernels.py holds both that and the bound against x).
 
@@ -149,18 +150,22 @@ def packed_kernel(sub: int, affine: bool, planes: int):
         return add_i32x16(v, i3) if planes >= 3 else v
 
     @njit(inline="always")
-    def finish(acc, i1, i2, i3, scv, mnv, tb, dsc, c1, c23, xm):
+    def finish(acc, i1, i2, i3, scv, mnv, offv, tb, dsc, s1f, s23f, xm):
         """acc + one sub-block's contribution for one token (i1..i3: the planes' integer dots;
-        tb: the token's sub-block index into the per-(token, sub-block) scalars)."""
+        tb: the token's sub-block index into the per-(token, sub-block) scalars).
+
+        Symmetric types: scale * d * ((I1 - OFF S1) + (I23 - OFF S23) / 254^2), OFF per row
+        (offv: stacked matrices may mix types). I1 and OFF * S1 are integers below 2^24, so the
+        float subtraction (one fused multiply-add) is exact."""
         sd = mul_f32x16(scv, splat_f32(load1(dsc, tb)))
-        if not affine:
-            i1 = sub_i32x16(i1, splat_i32(load1(c1, tb)))
         v = to_f32x16(i1)
+        if not affine:
+            v = fma_f32x16(offv, splat_f32(-load1(s1f, tb)), v)
         if planes >= 2:
-            i23 = low_planes(i2, i3)
+            v23 = to_f32x16(low_planes(i2, i3))
             if not affine:
-                i23 = sub_i32x16(i23, splat_i32(load1(c23, tb)))
-            v = fma_f32x16(splat_f32(np.float32(lo)), to_f32x16(i23), v)
+                v23 = fma_f32x16(offv, splat_f32(-load1(s23f, tb)), v23)
+            v = fma_f32x16(splat_f32(np.float32(lo)), v23, v)
         acc = fma_f32x16(sd, v, acc)
         if affine:
             acc = fma_f32x16(mnv, splat_f32(load1(xm, tb)), acc)
@@ -177,15 +182,15 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                 out[t * n_rows + r0 + i] = buf[i]
 
     @cached_kernel(parallel=True, fastmath=True)
-    def kernel(q, scale, mn, off, qx, dx, isum, n_tokens, n_rows, out):
+    def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
         n_cols = q.shape[1] // GROUP
         n_sub = n_cols // sub
         # Per (token, sub-block) scalars, shared by every row group: the activation scale, the
-        # symmetric types' integer corrections OFF * sum(q), the affine types' -scale * sum(x~).
+        # activation sums (for the symmetric types' offsets), the affine types' -d * sum(x~).
         n_tb = n_tokens * n_sub
         dsc = np.empty(n_tb, np.float32)
-        c1 = np.empty(n_tb, np.int32)
-        c23 = np.empty(n_tb, np.int32)
+        s1f = np.empty(n_tb, np.float32)
+        s23f = np.empty(n_tb, np.float32)
         xm = np.empty(n_tb, np.float32)
         for t in range(n_tokens):
             for b in range(n_sub):
@@ -198,8 +203,8 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                     s23 += isum[1, at + 1]
                 d = dx[t * (n_cols // QBLOCK) + (b * sub) // QBLOCK]
                 dsc[tb] = d
-                c1[tb] = off * s1
-                c23[tb] = off * s23 if planes >= 2 else 0
+                s1f[tb] = np.float32(s1)
+                s23f[tb] = np.float32(s23)
                 xs = np.float32(s1) + np.float32(s23) * np.float32(lo) if planes >= 2 else np.float32(s1)
                 xm[tb] = -d * xs
         p1 = qx[0]
@@ -209,6 +214,7 @@ def packed_kernel(sub: int, affine: bool, planes: int):
             qg = q[g]
             sg = scale[g]
             mg = mn[g]
+            offv = load_f32x16(offsets, g * GROUP)
             buf = np.empty(GROUP, np.float32)
             t = 0
             while t + 4 <= n_tokens:
@@ -254,10 +260,10 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                     scv = load_f32x16(sg, b * GROUP)
                     mnv = load_f32x16(mg, b * GROUP) if affine else scv
                     tb = t * n_sub + b
-                    a0 = finish(a0, i0, j0, h0, scv, mnv, tb, dsc, c1, c23, xm)
-                    a1 = finish(a1, i1, j1, h1, scv, mnv, tb + n_sub, dsc, c1, c23, xm)
-                    a2 = finish(a2, i2, j2, h2, scv, mnv, tb + 2 * n_sub, dsc, c1, c23, xm)
-                    a3 = finish(a3, i3, j3, h3, scv, mnv, tb + 3 * n_sub, dsc, c1, c23, xm)
+                    a0 = finish(a0, i0, j0, h0, scv, mnv, offv, tb, dsc, s1f, s23f, xm)
+                    a1 = finish(a1, i1, j1, h1, scv, mnv, offv, tb + n_sub, dsc, s1f, s23f, xm)
+                    a2 = finish(a2, i2, j2, h2, scv, mnv, offv, tb + 2 * n_sub, dsc, s1f, s23f, xm)
+                    a3 = finish(a3, i3, j3, h3, scv, mnv, offv, tb + 3 * n_sub, dsc, s1f, s23f, xm)
                 put(out, t, g, n_rows, a0, buf)
                 put(out, t + 1, g, n_rows, a1, buf)
                 put(out, t + 2, g, n_rows, a2, buf)
@@ -288,7 +294,7 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                             h0 = dot_u8s8(h0, wb, splat_bytes4(p3, x0 + k + 4))
                     scv = load_f32x16(sg, b * GROUP)
                     mnv = load_f32x16(mg, b * GROUP) if affine else scv
-                    a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, t * n_sub + b, dsc, c1, c23, xm)
+                    a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, offv, t * n_sub + b, dsc, s1f, s23f, xm)
                 put(out, t, g, n_rows, a0, buf)
                 t += 1
 

@@ -290,6 +290,7 @@ def _binary_f32(op):
 mul_f32x16 = _binary_f32("fmul")
 add_f32x16 = _binary_f32("fadd")
 sub_f32x16 = _binary_f32("fsub")
+div_f32x16 = _binary_f32("fdiv")
 
 
 @intrinsic
@@ -431,10 +432,10 @@ def reduce_add_f32x16(typingctx, a):
 @njit(inline="always")
 def exp_f32x16(x):
     """e^x in each lane, to about 2 ulp (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6
-    polynomial for e^r, times 2^n built in the exponent bits). Inputs below -87.3 give a tiny
-    positive number instead of 0 or a subnormal; above 88.7, 2^128-ish garbage (softmax never
-    asks: its arguments are <= 0)."""
-    x = min_f32x16(max_f32x16(x, splat_f32(np.float32(-87.3))), splat_f32(np.float32(88.7)))
+    polynomial for e^r, times 2^n built in the exponent bits). The input is clamped to
+    [-87.3, 88]: below, a tiny positive number instead of 0 or a subnormal; above, about 1.6e38
+    instead of overflowing (callers built with fastmath must never see an infinity)."""
+    x = min_f32x16(max_f32x16(x, splat_f32(np.float32(-87.3))), splat_f32(np.float32(88.0)))
     n = rint_f32x16(mul_f32x16(x, splat_f32(np.float32(1.44269504088896341))))
     r = fma_f32x16(n, splat_f32(np.float32(-0.693359375)), x)
     r = fma_f32x16(n, splat_f32(np.float32(2.12194440e-4)), r)
