@@ -388,14 +388,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _floats(text: str | None, flag: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, not {text!r}") from None
+
+
 def cmd_ladder(args) -> int:
     from .ladder import Ladder, LadderConfig
     from .machine import describe
     from .model_store import resolve_model
     from .report import write_report
 
-    if (args.imatrix is None) == (args.calib is None):
-        raise UsageError("give exactly one of --imatrix FILE and --calib TEXT")
+    if args.imatrix is None and args.calib is None:
+        raise UsageError("give --imatrix FILE or --calib TEXT (or both: --calib then only measures "
+                         "the sensitivity that --allocate needs)")
     for path in (args.file, args.calib, args.imatrix):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{path} does not exist")
@@ -409,7 +419,8 @@ def cmd_ladder(args) -> int:
         with_and_without=args.with_and_without_imatrix, n_ctx=args.ctx_size,
         chunks=args.chunks, calib_chunks=args.calib_chunks, threads=args.threads,
         bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
-        keep_files=not args.delete_files)
+        keep_files=not args.delete_files, allocate=_floats(args.allocate, "--allocate"),
+        sensitivity_tokens=args.sensitivity_tokens)
     set_threads(args.threads)
     bar = progress_bar("ladder", unit="stage")
 
@@ -550,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bench-gen", type=int, default=32, help="tg test length (0: none)")
     s.add_argument("--bench-reps", type=int, default=2)
     s.add_argument("--delete-files", action="store_true", help="delete each quantized file once measured")
+    s.add_argument("--allocate", metavar="B1,B2,...",
+                   help="also lowbit's own per-tensor mixes at these bits per weight (needs --calib)")
+    s.add_argument("--sensitivity-tokens", type=int, default=512)
     s.set_defaults(func=cmd_ladder)
 
     s = sub.add_parser("models", help="list or pull the known real models")

@@ -25,7 +25,7 @@ from typing import Callable
 
 from lowbit.quant import imatrix as imx
 from lowbit.quant.gguffile import open_gguf
-from lowbit.quant.quantize_model import QuantizeError, quantize_model
+from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
 RESULTS = "results.json"
@@ -52,6 +52,8 @@ class LadderConfig:
     bench_gen: int = 32
     bench_reps: int = 2
     keep_files: bool = True
+    allocate: list[float] = field(default_factory=list)   # --target-bpw mixes to add (bits per weight)
+    sensitivity_tokens: int = 512
 
     def settings(self) -> dict:
         """What an entry's quality depends on: a change recomputes every entry."""
@@ -93,7 +95,16 @@ class Entry:
         return f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
 
 
+ALLOC = "alloc-"
+
+
+def alloc_name(bpw: float) -> str:
+    return f"{ALLOC}{bpw:g}bpw"
+
+
 def entries_to_run(cfg: LadderConfig) -> list[Entry]:
+    if cfg.allocate and cfg.calib_text is None:
+        raise LadderError("--allocate needs --calib TEXT: each tensor's sensitivity is measured on it")
     out = []
     for name in cfg.types:
         try:
@@ -104,6 +115,7 @@ def entries_to_run(cfg: LadderConfig) -> list[Entry]:
         if cfg.with_and_without:
             needs = preset.default in NEEDS_IMATRIX or preset.name in PRESETS_NEEDING_IMATRIX
             out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok"))
+    out += [Entry(alloc_name(b), True) for b in cfg.allocate]
     return out
 
 
@@ -206,22 +218,48 @@ class Ladder:
             speed["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
         record["speed"] = speed
 
+    def allocated_options(self, src, bpw: float, im) -> PlanOptions:
+        """The per-tensor plan for bpw from the sensitivity table; its recipe goes to the out dir."""
+        import numpy as np
+
+        from lowbit.quant.allocate import write_recipe
+
+        from .dynamic import allocate_for_budget, budget_from, recipe_header, recipe_rows
+        from .loading import load_model
+        from .sensitivity import load_or_build
+        c = self.cfg
+        model, tok = load_model(c.model)
+        tokens = tok.encode(c.calib_text.read_text(encoding="utf-8"), add_special=True)
+        sample = np.asarray(tokens[:c.sensitivity_tokens], dtype=np.int64)
+        self.stage(f"{alloc_name(bpw)}: sensitivity")
+        table = load_or_build(src, lambda: model, im, str(c.imatrix_path()), sample, progress=lambda s: None)
+        alloc = allocate_for_budget(src, table, budget_from(src, bpw, None))
+        write_recipe(c.out_dir / f"{alloc_name(bpw)}.recipe", recipe_rows(table, alloc),
+                     recipe_header(src, table, alloc, f"--target-bpw {bpw:g}"))
+        return PlanOptions(alloc.dominant_type(table), recipe=alloc.types)
+
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
-        preset, _ = resolve_target(entry.type)
         suffix = "" if entry.imatrix else "-noimatrix"
         out = c.out_dir / f"{c.model.stem}-{entry.type}{suffix}.gguf"
         src = open_gguf(c.model)
-        self.stage(f"{entry.key}: quantize")
         try:
-            summary = quantize_model(src, out, PlanOptions(entry.type), im if entry.imatrix else None,
+            if entry.type.startswith(ALLOC):
+                opts = self.allocated_options(src, float(entry.type[len(ALLOC):-3]), im)
+                default = None
+            else:
+                opts = PlanOptions(entry.type)
+                default = resolve_target(entry.type)[0].default
+            self.stage(f"{entry.key}: quantize")
+            summary = quantize_model(src, out, opts, im if entry.imatrix else None,
                                      allow_requantize=True, imatrix_path=str(c.imatrix_path()) if entry.imatrix else None)
-        except QuantizeError as e:
+        except ValueError as e:
             entry.status = f"failed: {e}"
             return entry
         entry.file, entry.file_bytes = str(out), summary.file_bytes
         entry.n_params, entry.bpw = summary.n_params, summary.bpw
-        entry.type_bpw, entry.type_share = _requested_type_share(summary, src, preset.default)
+        if default is not None:
+            entry.type_bpw, entry.type_share = _requested_type_share(summary, src, default)
         entry.type_counts = dict(summary.type_counts)
         entry.quantize_seconds = summary.seconds
         from .kld import compare_to_base

@@ -47,7 +47,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def is_allocated(e: dict) -> bool:
+    return e["type"].startswith("alloc-")
+
+
 def _type_bpw(e: dict) -> str:
+    if is_allocated(e):
+        return "per-tensor mix"
     if not e["type_share"]:
         return "none took it"
     return f"{e['type_bpw']:.3f} ({100 * e['type_share']:.0f} %)"
@@ -105,8 +111,9 @@ def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = No
     drawn through the best entries; `extra` adds other series (name, points)."""
     rows = ok_entries(data)
     fig, ax, plt = _figure("KL-divergence against size", caption(data, machine))
-    for with_im, marker, label in ((True, "o", "with importance matrix"), (False, "s", "without")):
-        sel = [e for e in rows if e["imatrix"] == with_im]
+    series = ((True, "o", "presets with importance matrix"), (False, "s", "presets without"))
+    for with_im, marker, label in series:
+        sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e)]
         if not sel:
             continue
         ax.scatter([e["bpw"] for e in sel], [e["kld"]["mean"] for e in sel], marker=marker,
@@ -114,6 +121,15 @@ def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = No
         for e in sel:
             ax.annotate(e["type"], (e["bpw"], e["kld"]["mean"]), fontsize=7,
                         xytext=(4, 2 if with_im else -8), textcoords="offset points")
+    mixes = [e for e in rows if is_allocated(e)]
+    if mixes:
+        ax.scatter([e["bpw"] for e in mixes], [e["kld"]["mean"] for e in mixes], marker="*", s=120,
+                   color="C2", label="lowbit per-tensor allocation", zorder=4)
+        ax.plot([e["bpw"] for e in sorted(mixes, key=lambda e: e["bpw"])],
+                [e["kld"]["mean"] for e in sorted(mixes, key=lambda e: e["bpw"])], "--", color="C2", zorder=2)
+        for e in mixes:
+            ax.annotate(f"{e['bpw']:.2f} bpw mix", (e["bpw"], e["kld"]["mean"]), fontsize=7,
+                        xytext=(4, 6), textcoords="offset points", color="C2")
     for i, series in enumerate(extra or []):
         ax.scatter([p[0] for p in series["points"]], [p[1] for p in series["points"]], marker="^",
                    color=f"C{i + 2}", label=series["name"], zorder=3)

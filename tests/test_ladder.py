@@ -28,7 +28,7 @@ def config(setup, out, types=("Q4_K_M", "IQ2_XXS")):
     model, text = setup
     return L.LadderConfig(model=model, eval_text=text, out_dir=out, types=list(types), calib_text=text,
                           with_and_without=True, n_ctx=32, chunks=3, calib_chunks=4, threads=1,
-                          bench_prompt=8, bench_gen=4, bench_reps=1)
+                          bench_prompt=8, bench_gen=4, bench_reps=1, allocate=[4.5], sensitivity_tokens=64)
 
 
 def test_pareto_front():
@@ -57,10 +57,13 @@ def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
     stages = []
     data = L.Ladder(cfg, stages.append).run()
     # Resumed: the finished entry, the base and the imatrix are not computed again.
-    assert calls["n"] == 4 and not any("Q4_K_M/imatrix" in s or "base" in s or "imatrix from" in s
+    assert calls["n"] == 5 and not any("Q4_K_M/imatrix" in s or "base" in s or "imatrix from" in s
                                       for s in stages)
     e = data["entries"]
-    assert set(e) == {"Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix", "IQ2_XXS/none"}
+    assert set(e) == {"Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix", "IQ2_XXS/none", "alloc-4.5bpw/imatrix"}
+    mix = e["alloc-4.5bpw/imatrix"]
+    assert mix["status"] == "ok" and mix["bpw"] <= 4.5 and len(mix["type_counts"]) > 1
+    assert (out / "alloc-4.5bpw.recipe").exists()
     assert e["IQ2_XXS/none"]["status"] == "requires imatrix"
     for key in ("Q4_K_M/imatrix", "Q4_K_M/none", "IQ2_XXS/imatrix"):
         r = e[key]
@@ -95,7 +98,8 @@ def test_cli_ladder_writes_report_and_plots(setup, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--types", "Q4_K_M"], "give exactly one of --imatrix FILE and --calib TEXT"),
+    (["--types", "Q4_K_M"], "give --imatrix FILE or --calib TEXT"),
+    (["--types", "Q4_K_M", "--imatrix", "{text}", "--allocate", "4.5"], "--allocate needs --calib TEXT"),
     (["--types", "Q9_X", "--calib", "{text}"], "unknown type or preset 'Q9_X'"),
     (["--types", "Q4_K_M", "--imatrix", "missing.imatrix"], "missing.imatrix does not exist"),
 ])
