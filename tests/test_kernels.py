@@ -21,7 +21,7 @@ import pytest
 
 from lowbit.runtime.kernels import KernelError, QuantMatrix
 from lowbit.runtime.kernels.packed import QuantizedActivations
-from lowbit.runtime.kernels.repack import unpacking
+from lowbit.runtime.kernels.repack import expand_u8, unpacking
 
 from conftest import ALL_TYPES, QUANTIZED, type_params
 from synthetic import encode_rows
@@ -123,7 +123,8 @@ def test_repack_reproduces_the_decoded_weights(qtype, rng):
     q, scale, mn = m.packed()
     spec = m.unpacking
     groups = q.shape[0]
-    u = q.reshape(groups, m.n_cols // 4, 16, 4).transpose(0, 2, 1, 3).reshape(groups * 16, m.n_cols)
+    u8 = expand_u8(q, spec.fmt, spec.sub, m.n_cols)
+    u = u8.reshape(groups, m.n_cols // 4, 16, 4).transpose(0, 2, 1, 3).reshape(groups * 16, m.n_cols)
     per_sub = lambda a: np.repeat(a.reshape(groups, -1, 16).transpose(0, 2, 1).reshape(groups * 16, -1),
                                   spec.sub, axis=1)
     sc = per_sub(scale)

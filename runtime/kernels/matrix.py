@@ -80,8 +80,7 @@ class QuantMatrix:
         process's resident set once repacked (they stay in the page cache, and come back on
         the next access, e.g. an embedding row of a tied output matrix)."""
         if self._packed is None:
-            self._packed = repack(self.rows, self.qtype, self.n_rows, self.n_cols)
-            release_mapped_pages(self.rows)
+            self._packed = repack(self.rows, self.qtype, self.n_rows, self.n_cols, release_mapped_pages)
         return self._packed
 
     def offsets(self) -> np.ndarray:
@@ -96,9 +95,9 @@ class QuantMatrix:
         return sum(a.nbytes for a in self._packed) if self._packed is not None else 0
 
     @property
-    def kernel_key(self) -> tuple[int, bool]:
-        """(sub-block, affine): matrices with equal keys can share one kernel call."""
-        return self.unpacking.sub, self.unpacking.affine
+    def kernel_key(self) -> tuple[int, int, bool]:
+        """(weight format, sub-block, affine): matrices with equal keys can share a kernel call."""
+        return self.unpacking.fmt, self.unpacking.sub, self.unpacking.affine
 
     def quantize(self, xs: np.ndarray, planes: int = ACTIVATION_PLANES) -> QuantizedActivations:
         """Activations (T, n_cols) quantized for this matrix's integer kernel."""
@@ -138,7 +137,7 @@ class QuantMatrix:
                               f"({qa.n_tokens}, {self.n_rows})")
         q, scale, mn = self.packed()
         spec = self.unpacking
-        packed_kernel(spec.sub, spec.affine, qa.planes)(q, scale, mn, self.offsets(), qa.qx, qa.dx, qa.isum,
+        packed_kernel(*self.kernel_key, qa.planes)(q, scale, mn, self.offsets(), qa.qx, qa.dx, qa.isum,
                                                         qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
 
@@ -194,8 +193,7 @@ class StackedMatrix:
             self._stack()
         q, scale, mn, offsets = self._arrays
         out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
-        sub, affine = self.matrices[0].kernel_key
-        packed_kernel(sub, affine, qa.planes)(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum,
+        packed_kernel(*self.matrices[0].kernel_key, qa.planes)(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum,
                                               qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
 

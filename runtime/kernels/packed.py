@@ -39,6 +39,8 @@ from numba import njit, prange
 
 from lowbit.quant.jit_cache import cached_kernel
 
+from .repack import NIB5, NIB6, U8, sub_bytes
+from .simd import and_i32x16, or_i32x16, shift_i32x16, store_bytes64
 from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_bytes64, load_f32x16,
                    max_abs2_f32x16, max_f32x16, min_f32x16, mul_f32x16, reduce_add_i32x16,
                    rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, splat_i32, store_f32x16, store_i8x16,
@@ -137,9 +139,30 @@ class QuantizedActivations:
 
 
 @lru_cache(maxsize=None)
-def packed_kernel(sub: int, affine: bool, planes: int):
-    """out (T, N) = W x for the repacked W (sub-block `sub`, affine or symmetric), P planes."""
+def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
+    """out (T, N) = W x for the repacked W (weight format fmt, sub-block `sub`, affine or
+    symmetric), P activation planes."""
     steps = sub // 4
+    sbytes = sub_bytes(fmt, sub)
+    high_at = steps // 2 * 64       # where a sub-block's high-bit vector starts (NIB5, NIB6)
+
+    @njit(inline="always")
+    def high_bits(qg, base):
+        return load_bytes64(qg, base + high_at) if fmt >= NIB5 else zeros_i32x16()
+
+    @njit(inline="always")
+    def step_weights(qg, base, s, hb):
+        """The 64 weight bytes (16 rows x 4 columns) of step s of the sub-block at `base`."""
+        if fmt == U8:
+            return load_bytes64(qg, base + s * 64)
+        nv = load_bytes64(qg, base + (s >> 1) * 64)
+        w = and_i32x16(shift_i32x16(nv, -4 * (s & 1)), splat_i32(0x0F0F0F0F))
+        if fmt == NIB5:
+            # bit s of each byte of hb -> bit 4 (the shift never crosses a byte boundary there)
+            w = or_i32x16(w, and_i32x16(shift_i32x16(hb, 4 - s), splat_i32(0x10101010)))
+        elif fmt == NIB6:
+            w = or_i32x16(w, and_i32x16(shift_i32x16(hb, 4 - 2 * s), splat_i32(0x30303030)))
+        return w
     halves = sub // 16          # isum entries (per 16 columns) per sub-block
     lo = 1.0 / STEP ** 2        # weight of the finer planes' integer sums
 
@@ -172,6 +195,16 @@ def packed_kernel(sub: int, affine: bool, planes: int):
         return acc
 
     @njit(inline="always")
+    def expand(qg, n_sub, tile):
+        """A group's packed weights -> tile in the U8 layout (16 x n_cols bytes), so that the
+        token loop reads plain bytes and the unpacking is paid once per group, not per token."""
+        for b in range(n_sub):
+            base = b * sbytes
+            hb = high_bits(qg, base)
+            for s in range(steps):
+                store_bytes64(tile, (b * steps + s) * 64, step_weights(qg, base, s, hb))
+
+    @njit(inline="always")
     def put(out, t, g, n_rows, acc, buf):
         r0 = g * GROUP
         if r0 + GROUP <= n_rows:
@@ -183,8 +216,8 @@ def packed_kernel(sub: int, affine: bool, planes: int):
 
     @cached_kernel(parallel=True, fastmath=True)
     def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
-        n_cols = q.shape[1] // GROUP
-        n_sub = n_cols // sub
+        n_sub = q.shape[1] // sbytes
+        n_cols = n_sub * sub
         # Per (token, sub-block) scalars, shared by every row group: the activation scale, the
         # activation sums (for the symmetric types' offsets), the affine types' -d * sum(x~).
         n_tb = n_tokens * n_sub
@@ -216,6 +249,12 @@ def packed_kernel(sub: int, affine: bool, planes: int):
             mg = mn[g]
             offv = load_f32x16(offsets, g * GROUP)
             buf = np.empty(GROUP, np.float32)
+            # the token loop below reads U8 bytes: the packed group itself, or its expansion
+            if fmt == U8 or n_tokens < 4:
+                tile = qg
+            else:
+                tile = np.empty(n_cols * GROUP, np.uint8)
+                expand(qg, n_sub, tile)
             t = 0
             while t + 4 <= n_tokens:
                 a0 = zeros_f32x16()
@@ -242,7 +281,7 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                     k0 = b * sub
                     for s in range(steps):
                         k = k0 + 4 * s
-                        wv = load_bytes64(qg, k * GROUP)
+                        wv = load_bytes64(tile, k * GROUP)
                         i0 = dot_u8s8(i0, wv, splat_bytes4(p1, x0 + k))
                         i1 = dot_u8s8(i1, wv, splat_bytes4(p1, x1 + k))
                         i2 = dot_u8s8(i2, wv, splat_bytes4(p1, x2 + k))
@@ -280,10 +319,12 @@ def packed_kernel(sub: int, affine: bool, planes: int):
                     j0 = zeros_i32x16()
                     h0 = zeros_i32x16()
                     k0 = b * sub
+                    base = b * sbytes
+                    hb = high_bits(qg, base)
                     for s in range(0, steps, 2):
                         k = k0 + 4 * s
-                        wa = load_bytes64(qg, k * GROUP)
-                        wb = load_bytes64(qg, (k + 4) * GROUP)
+                        wa = step_weights(qg, base, s, hb)
+                        wb = step_weights(qg, base, s + 1, hb)
                         i0 = dot_u8s8(i0, wa, splat_bytes4(p1, x0 + k))
                         i1 = dot_u8s8(i1, wb, splat_bytes4(p1, x0 + k + 4))
                         if planes >= 2:

@@ -290,11 +290,29 @@ def unpack_mxfp4(w, o, u, sc, mn, y):
     _by_units(y, u, sc, 32, 12)
 
 
+# Weight formats: how the u of one group of 16 rows are stored, per sub-block of SB columns
+# (a "step" is 4 columns: 64 bytes, byte 4 i + j = u[row i, column 4 s + j]):
+U8, NIB4, NIB5, NIB6 = 0, 1, 2, 3
+#   U8    u < 256: one byte per weight, the steps one after the other (SB / 4 x 64 bytes)
+#   NIB4  u < 16: steps in pairs, one 64-byte vector per pair: low nibble step 2m, high 2m + 1
+#   NIB5  u < 32, SB = 32: NIB4's 4 vectors, then 64 bytes of fifth bits: bit s of byte L is
+#         bit 4 of step s's byte L
+#   NIB6  u < 64, SB = 16: NIB4's 2 vectors, then 64 bytes of bits 4-5: bits 2s, 2s + 1 of
+#         byte L are bits 4, 5 of step s's byte L
+FORMAT_NAMES = {U8: "u8", NIB4: "4-bit", NIB5: "5-bit", NIB6: "6-bit"}
+
+
+def sub_bytes(fmt: int, sub: int) -> int:
+    """Bytes of one sub-block (SB columns) of one group of 16 rows."""
+    return {U8: 16 * sub, NIB4: 8 * sub, NIB5: 8 * sub + 64, NIB6: 8 * sub + 64}[fmt]
+
+
 @dataclass(frozen=True)
 class Unpacking:
     sub: int            # SB: weights per scale
     offset: int         # OFF for symmetric types (min = OFF * scale); -1: affine, min stored
     unpack: object      # the njit unpacker
+    fmt: int = U8       # weight format (the largest u decides; see above)
 
     @property
     def affine(self) -> bool:
@@ -302,28 +320,28 @@ class Unpacking:
 
 
 UNPACKING = {
-    "Q4_0": Unpacking(32, 8, unpack_q4_0),
-    "Q4_1": Unpacking(32, -1, unpack_q4_1),
-    "Q5_0": Unpacking(32, 16, unpack_q5_0),
-    "Q5_1": Unpacking(32, -1, unpack_q5_1),
-    "Q8_0": Unpacking(32, 128, unpack_q8_0),
-    "Q2_K": Unpacking(16, -1, unpack_q2_k),
-    "Q3_K": Unpacking(16, 4, unpack_q3_k),
-    "Q4_K": Unpacking(32, -1, unpack_q4_k),
-    "Q5_K": Unpacking(32, -1, unpack_q5_k),
-    "Q6_K": Unpacking(16, 32, unpack_q6_k),
-    "IQ4_NL": Unpacking(32, 128, unpack_iq4_nl),
-    "IQ4_XS": Unpacking(32, 128, unpack_iq4_xs),
-    "IQ2_XXS": Unpacking(32, 64, unpack_iq2_xxs),
-    "IQ2_XS": Unpacking(16, 64, unpack_iq2_xs),
-    "IQ2_S": Unpacking(16, 64, unpack_iq2_s),
-    "IQ3_XXS": Unpacking(32, 64, unpack_iq3_xxs),
-    "IQ3_S": Unpacking(32, 16, unpack_iq3_s),
-    "IQ1_S": Unpacking(32, 16, unpack_iq1_s),
-    "IQ1_M": Unpacking(16, 16, unpack_iq1_m),
-    "TQ1_0": Unpacking(32, 1, unpack_tq1_0),
-    "TQ2_0": Unpacking(32, 1, unpack_tq2_0),
-    "MXFP4": Unpacking(32, 12, unpack_mxfp4),
+    "Q4_0": Unpacking(32, 8, unpack_q4_0, NIB4),
+    "Q4_1": Unpacking(32, -1, unpack_q4_1, NIB4),
+    "Q5_0": Unpacking(32, 16, unpack_q5_0, NIB5),
+    "Q5_1": Unpacking(32, -1, unpack_q5_1, NIB5),
+    "Q8_0": Unpacking(32, 128, unpack_q8_0, U8),
+    "Q2_K": Unpacking(16, -1, unpack_q2_k, NIB4),
+    "Q3_K": Unpacking(16, 4, unpack_q3_k, NIB4),
+    "Q4_K": Unpacking(32, -1, unpack_q4_k, NIB4),
+    "Q5_K": Unpacking(32, -1, unpack_q5_k, NIB5),
+    "Q6_K": Unpacking(16, 32, unpack_q6_k, NIB6),
+    "IQ4_NL": Unpacking(32, 128, unpack_iq4_nl, U8),     # u = table value + 128
+    "IQ4_XS": Unpacking(32, 128, unpack_iq4_xs, U8),
+    "IQ2_XXS": Unpacking(32, 64, unpack_iq2_xxs, U8),    # u in 21 .. 107
+    "IQ2_XS": Unpacking(16, 64, unpack_iq2_xs, U8),
+    "IQ2_S": Unpacking(16, 64, unpack_iq2_s, U8),
+    "IQ3_XXS": Unpacking(32, 64, unpack_iq3_xxs, U8),    # u in 2 .. 126
+    "IQ3_S": Unpacking(32, 16, unpack_iq3_s, NIB5),      # u in 1 .. 31
+    "IQ1_S": Unpacking(32, 16, unpack_iq1_s, NIB5),      # u in 7 .. 25
+    "IQ1_M": Unpacking(16, 16, unpack_iq1_m, NIB6),
+    "TQ1_0": Unpacking(32, 1, unpack_tq1_0, NIB4),
+    "TQ2_0": Unpacking(32, 1, unpack_tq2_0, NIB4),
+    "MXFP4": Unpacking(32, 12, unpack_mxfp4, NIB5),      # u in 0 .. 24
 }
 
 
@@ -331,24 +349,65 @@ def unpacking(qtype: QuantType) -> Unpacking | None:
     return UNPACKING.get(qtype.name)
 
 
+@njit(inline="always")
+def _emit(tmp, qg, n_sub, sub, fmt):
+    """One group's u (tmp: the U8 layout, 16 * n_cols bytes) -> qg in format fmt."""
+    steps = sub // 4
+    sb = sub_bytes_nb(fmt, sub)
+    for b in range(n_sub):
+        src = b * steps * 64
+        dst = b * sb
+        if fmt == 0:
+            for i in range(steps * 64):
+                qg[dst + i] = tmp[src + i]
+            continue
+        for m in range(steps // 2):
+            for i in range(64):
+                lo = tmp[src + 2 * m * 64 + i] & 15
+                hi = tmp[src + (2 * m + 1) * 64 + i] & 15
+                qg[dst + m * 64 + i] = lo | (hi << 4)
+        if fmt == 1:
+            continue
+        at = dst + steps // 2 * 64
+        for i in range(64):
+            v = 0
+            for st in range(steps):
+                if fmt == 2:
+                    v |= ((tmp[src + st * 64 + i] >> 4) & 1) << st
+                else:
+                    v |= ((tmp[src + st * 64 + i] >> 4) & 3) << (2 * st)
+            qg[at + i] = v
+
+
+@njit(inline="always")
+def sub_bytes_nb(fmt, sub):
+    if fmt == 0:
+        return 16 * sub
+    if fmt == 1:
+        return 8 * sub
+    return 8 * sub + 64
+
+
 @lru_cache(maxsize=None)
-def repack_kernel(qtype: QuantType):
-    """repack(rows, q, scale, mn): GGUF rows -> the grouped layout (q, scale, mn zero-filled)."""
-    spec = UNPACKING[qtype.name]
+def repack_kernel(qtype: QuantType, spec: Unpacking):
+    """repack(rows, n_cols, q, scale, mn): GGUF rows -> the grouped layout of `spec` (q sized
+    for spec's format by repack(), scale and mn zero-filled)."""
     unpack = spec.unpack
     block_size, type_size, sub = qtype.block_size, qtype.type_size, spec.sub
-    n_sub = block_size // sub
+    n_sub_block = block_size // sub
     affine = spec.affine
+    fmt = spec.fmt
 
     @cached_kernel(parallel=True)
-    def repack(rows, q, scale, mn):
+    def repack(rows, n_cols, q, scale, mn):
         n_rows = rows.shape[0]
         n_blocks = rows.shape[1] // type_size
         for g in prange(q.shape[0]):
             u = np.zeros(block_size, np.uint8)
-            sc = np.zeros(n_sub, np.float32)
-            m = np.zeros(n_sub, np.float32)
+            sc = np.zeros(n_sub_block, np.float32)
+            m = np.zeros(n_sub_block, np.float32)
             y = np.zeros(block_size, np.float32)
+            tmp = np.zeros(n_cols * GROUP, np.uint8)
             for ri in range(GROUP):
                 r = g * GROUP + ri
                 if r >= n_rows:
@@ -359,22 +418,56 @@ def repack_kernel(qtype: QuantType):
                     k0 = bk * block_size
                     for i in range(block_size):
                         k = k0 + i
-                        q[g, (k >> 2) * 64 + ri * 4 + (k & 3)] = u[i]
-                    for j in range(n_sub):
-                        at = (bk * n_sub + j) * GROUP + ri
+                        tmp[(k >> 2) * 64 + ri * 4 + (k & 3)] = u[i]
+                    for j in range(n_sub_block):
+                        at = (bk * n_sub_block + j) * GROUP + ri
                         scale[g, at] = sc[j]
                         if affine:
                             mn[g, at] = m[j]
+            _emit(tmp, q[g], n_cols // sub, sub, fmt)
 
     return repack
 
 
-def repack(rows: np.ndarray, qtype: QuantType, n_rows: int, n_cols: int):
-    """(q, scale, mn) for validated block rows (QuantMatrix checked the byte counts)."""
+CHUNK_BYTES = 1 << 23   # repack this much of the GGUF bytes at a time (see repack)
+
+
+def repack(rows: np.ndarray, qtype: QuantType, n_rows: int, n_cols: int, done=None):
+    """(q, scale, mn) for validated block rows (QuantMatrix checked the byte counts).
+
+    Works through the rows in chunks of about CHUNK_BYTES and calls done(chunk_rows) after each,
+    so that the caller can release the source pages as it goes: the GGUF bytes of a large
+    matrix and its repacked copy are never resident together in full."""
     spec = UNPACKING[qtype.name]
     groups = -(-n_rows // GROUP)
-    q = np.zeros((groups, n_cols * GROUP), np.uint8)
+    q = np.empty((groups, n_cols // spec.sub * sub_bytes(spec.fmt, spec.sub)), np.uint8)
     scale = np.zeros((groups, n_cols // spec.sub * GROUP), np.float32)
     mn = np.zeros((groups, n_cols // spec.sub * GROUP) if spec.affine else (groups, 0), np.float32)
-    repack_kernel(qtype)(rows, q, scale, mn)
+    kernel = repack_kernel(qtype, spec)
+    step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * GROUP))   # groups per chunk
+    for g0 in range(0, groups, step):
+        g1 = min(groups, g0 + step)
+        chunk = rows[g0 * GROUP:min(n_rows, g1 * GROUP)]
+        kernel(chunk, n_cols, q[g0:g1], scale[g0:g1], mn[g0:g1])
+        if done is not None:
+            done(chunk)
     return q, scale, mn
+
+
+def expand_u8(q: np.ndarray, fmt: int, sub: int, n_cols: int) -> np.ndarray:
+    """The u of packed weights back in the U8 layout [G, 16 * n_cols] (numpy; for tests)."""
+    groups = q.shape[0]
+    steps = sub // 4
+    blocks = q.reshape(groups, n_cols // sub, sub_bytes(fmt, sub))
+    if fmt == U8:
+        return blocks.reshape(groups, -1).copy()
+    nib = blocks[:, :, :steps // 2 * 64].reshape(groups, -1, steps // 2, 64)
+    u = np.empty((groups, n_cols // sub, steps, 64), np.uint8)
+    u[:, :, 0::2] = nib & 15
+    u[:, :, 1::2] = nib >> 4
+    if fmt in (NIB5, NIB6):
+        high = blocks[:, :, steps // 2 * 64:]
+        for st in range(steps):
+            bits = (high >> st) & 1 if fmt == NIB5 else (high >> (2 * st)) & 3
+            u[:, :, st] |= (bits << 4).astype(np.uint8)
+    return u.reshape(groups, -1)

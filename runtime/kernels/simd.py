@@ -95,6 +95,19 @@ def load_bytes64(typingctx, arr, index):
 
 
 @intrinsic
+def store_bytes64(typingctx, arr, index, v):
+    """Store the 64 bytes of v into a uint8/int8 array from element `index` (unaligned)."""
+    if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer) and v == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _element_ptr(context, builder, sig.args[0], args[0], args[1], _V16I32), align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, v), codegen
+
+
+@intrinsic
 def splat_bytes4(typingctx, arr, index):
     """The 4 bytes of a uint8/int8 array at element `index`, as one i32 repeated in 16 lanes."""
     if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer)):
@@ -260,6 +273,24 @@ def shl_i32x16(typingctx, a, n):
 add_i32x16 = _binary_i32("add")
 sub_i32x16 = _binary_i32("sub")
 mul_i32x16 = _binary_i32("mul")
+and_i32x16 = _binary_i32("and_")
+or_i32x16 = _binary_i32("or_")
+
+
+@intrinsic
+def shift_i32x16(typingctx, a, n):
+    """a << n for n >= 0, a >> -n (logical) for n < 0, in every i32 lane; |n| < 32. With n a
+    constant after unrolling, one shift instruction."""
+    if not (a == i32x16 and isinstance(n, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        n32 = builder.trunc(args[1], _I32) if args[1].type.width > 32 else args[1]
+        left = builder.shl(args[0], _splat(builder, n32, _V16I32))
+        right = builder.lshr(args[0], _splat(builder, builder.neg(n32), _V16I32))
+        return builder.select(builder.icmp_signed(">=", n32, ir.Constant(_I32, 0)), left, right)
+
+    return i32x16(a, n), codegen
 
 
 @intrinsic
