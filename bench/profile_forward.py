@@ -4,8 +4,11 @@ small ops (norms, RoPE, activation), the output matrix, and the Python left over
     python bench/profile_forward.py MODEL [MODEL ...] [-t 2] [-p 512] [-n 32] [--reps 3]
 
 For each model: a prompt of -p tokens (one forward call, the matrix-matrix kernels) and -n
-generated tokens one at a time after it (the matrix-vector kernels), both from fixed-seed
-random ids as `lowbit bench` uses, after an untimed warm-up of each. The timers wrap the
+generated tokens one at a time (the matrix-vector kernels), both from an empty cache and
+fixed-seed random ids as `lowbit bench` runs them, after an untimed warm-up. --robust takes,
+for every call, its median over the repetitions (and the median of the rest): on a machine
+where other processes now and then stall one thread of a parallel loop for a scheduler time
+slice, that estimates what a quiet machine gives. The timers wrap the
 callables the forward pass looks up at run time (Linear.__call__, the functions of
 runtime.ops that runtime.model imported, Model.embed), so the profile needs no hooks in the
 model; "python + glue" is the wall time of the forward call minus everything timed, i.e. the
@@ -53,21 +56,18 @@ class Profile:
         self.weights = defaultdict(int)      # weights multiplied (n_rows * n_cols per call)
         self.bytes = defaultdict(int)        # quantized bytes read per call
         self.types = defaultdict(set)
+        self.seq = []
         self.active = False
         self.in_group = False
 
     def add(self, key, dt, weights=0, n_bytes=0, qtype=None):
         if self.active:
-            self.seconds[key] += dt
-            self.calls[key] += 1
-            self.weights[key] += weights
-            self.bytes[key] += n_bytes
+            self.seq.append((key, dt, weights, n_bytes))
             if qtype:
                 self.types[key].add(qtype)
 
     def reset(self):
-        for d in (self.seconds, self.calls, self.weights, self.bytes):
-            d.clear()
+        self.seq = []
 
 
 def instrument(prof: Profile):
@@ -149,59 +149,79 @@ def instrument(prof: Profile):
     return restore
 
 
-def profile_model(path, n_prompt, n_gen, reps):
+def summarize(runs, types, per, robust):
+    """runs: [(wall, [(key, dt, weights, bytes), ...]), ...] of identical call sequences.
+
+    Default: the fastest run as it was. robust: every call's median over the runs, and the
+    median of the untimed rest: an estimate that a call stalled now and then (a thread of a
+    parallel loop descheduled by another process) does not move."""
+    if not robust:
+        wall, seq = min(runs, key=lambda r: r[0])
+        rest = wall - sum(dt for _, dt, _, _ in seq)
+    else:
+        seqs = [seq for _, seq in runs]
+        assert all(len(q) == len(seqs[0]) for q in seqs), "runs made different calls"
+        dts = np.median(np.array([[dt for _, dt, _, _ in q] for q in seqs]), axis=0)
+        seq = [(k, float(d), w, b) for (k, _, w, b), d in zip(seqs[0], dts)]
+        rest = float(np.median([wall - sum(dt for _, dt, _, _ in q) for wall, q in runs]))
+        wall = sum(dts) + rest
+    secs, calls, weights, nbytes = defaultdict(float), defaultdict(int), defaultdict(int), defaultdict(int)
+    for key, dt, w, b in seq:
+        secs[key] += dt
+        calls[key] += 1
+        weights[key] += w
+        nbytes[key] += b
+    return wall, secs, calls, weights, nbytes, {k: set(v) for k, v in types.items()}, per, rest
+
+
+def profile_model(path, n_prompt, n_gen, reps, robust=False):
     model = Model.load(path)
-    tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, max(n_prompt, 1) + n_gen)
-    cache = model.new_cache(n_prompt + n_gen + 1)
+    tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, max(n_prompt, n_gen, 1))
+    cache = model.new_cache(max(n_prompt, n_gen) + 1)
     prof = Profile()
     restore = instrument(prof)
     results = {}
     try:
-        # Warm-up (kernels loaded or compiled), untimed.
+        # Warm-up (kernels loaded or compiled, weights repacked), untimed.
         cache.n_past = 0
         model.forward(tokens[:n_prompt], cache)
-        for tok in tokens[n_prompt:n_prompt + 2]:
+        cache.n_past = 0
+        for tok in tokens[:2]:
             model.forward(tok[None], cache)
-        # Prompt.
-        best = None
+        # Prompt: one forward call from an empty cache.
+        runs = []
         for _ in range(reps):
             prof.reset()
             prof.active = True
             cache.n_past = 0
             t = time.perf_counter()
             model.forward(tokens[:n_prompt], cache)
-            wall = time.perf_counter() - t
+            runs.append((time.perf_counter() - t, prof.seq))
             prof.active = False
-            if best is None or wall < best[0]:
-                best = (wall, dict(prof.seconds), dict(prof.calls), dict(prof.weights),
-                        dict(prof.bytes), {k: set(v) for k, v in prof.types.items()})
-        results["pp"] = best + (1,)
-        # Generation: n_gen tokens after the prompt, per token.
-        best = None
+        results["pp"] = summarize(runs, prof.types, 1, robust)
+        # Generation: n_gen tokens one at a time from an empty cache (as lowbit bench's tg).
+        runs = []
         for _ in range(reps):
-            cache.n_past = n_prompt
+            cache.n_past = 0
             prof.reset()
             prof.active = True
             t = time.perf_counter()
-            for tok in tokens[n_prompt:n_prompt + n_gen]:
+            for tok in tokens[:n_gen]:
                 model.forward(tok[None], cache)
-            wall = time.perf_counter() - t
+            runs.append((time.perf_counter() - t, prof.seq))
             prof.active = False
-            if best is None or wall < best[0]:
-                best = (wall, dict(prof.seconds), dict(prof.calls), dict(prof.weights),
-                        dict(prof.bytes), {k: set(v) for k, v in prof.types.items()})
-        results["tg"] = best + (n_gen,)
+        results["tg"] = summarize(runs, prof.types, n_gen, robust)
     finally:
         restore()
     return model, results
 
 
-def table(label, res, n_tokens_label):
-    wall, secs, calls, weights, nbytes, types, per = res
+def table(label, res, n_tokens_label, n_prompt=0):
+    wall, secs, calls, weights, nbytes, types, per, rest = res
     if n_tokens_label == "token":
         head = f"\n{label}: {wall / per * 1e3:.2f} ms per token ({per / wall:.1f} tokens/s)"
     else:
-        head = f"\n{label}: {wall * 1e3:.1f} ms per prompt"
+        head = f"\n{label}: {wall * 1e3:.1f} ms per prompt ({n_prompt / wall:.1f} tokens/s)"
     lines = [head]
     lines.append("| part | types | ms | share | calls | Gweights/s | weight GB/s |")
     lines.append("|---|---|---:|---:|---:|---:|---:|")
@@ -214,7 +234,6 @@ def table(label, res, n_tokens_label):
         b = f"{nbytes[key] / s / 1e9:.2f}" if nbytes.get(key) else ""
         lines.append(f"| {name if kind == 'op' else name + ' (matrix)'} | {','.join(sorted(types.get(key, ())))} "
                      f"| {s / per * 1e3:.3f} | {100 * s / wall:.1f}% | {calls[key] // per} | {g} | {b} |")
-    rest = wall - timed
     lines.append(f"| python + glue | | {rest / per * 1e3:.3f} | {100 * rest / wall:.1f}% | | | |")
     mats = sum(s for (k, _), s in secs.items() if k == "matrix")
     lines.append(f"| **all matrix products** | | {mats / per * 1e3:.3f} | {100 * mats / wall:.1f}% | | "
@@ -229,6 +248,9 @@ def main(argv=None):
     p.add_argument("-p", "--prompt", type=int, default=512)
     p.add_argument("-n", "--gen", type=int, default=32)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions; the fastest is shown")
+    p.add_argument("--robust", action="store_true",
+                   help="per call, the median over the repetitions (an estimate for a quiet machine "
+                        "when other processes stall the threads of parallel loops now and then)")
     args = p.parse_args(argv)
     numba.set_num_threads(args.threads)
     try:
@@ -244,10 +266,11 @@ def main(argv=None):
     print(f"command: python bench/profile_forward.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     for m in args.models:
         path = resolve_model(m)
-        model, res = profile_model(path, args.prompt, args.gen, args.reps)
+        model, res = profile_model(path, args.prompt, args.gen, args.reps, args.robust)
         name = Path(path).name
-        print(table(f"{name}, prompt of {args.prompt} tokens", res["pp"], "prompt"))
-        print(table(f"{name}, generation ({args.gen} tokens after the prompt)", res["tg"], "token"))
+        how = " (median of every call over the runs)" if args.robust else ""
+        print(table(f"{name}, prompt of {args.prompt} tokens{how}", res["pp"], "prompt", args.prompt))
+        print(table(f"{name}, generation of {args.gen} tokens from an empty cache{how}", res["tg"], "token"))
         del model
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -205,11 +205,12 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
                 store_bytes64(tile, (b * steps + s) * 64, step_weights(qg, base, s, hb))
 
     @njit(inline="always")
-    def put(out, t, g, n_rows, acc, buf):
+    def put(out, t, g, n_rows, acc):
         r0 = g * GROUP
         if r0 + GROUP <= n_rows:
             store_f32x16(out, t * n_rows + r0, acc)
-        else:
+        else:   # the last group of a matrix whose rows are not whole groups
+            buf = np.empty(GROUP, np.float32)
             store_f32x16(buf, 0, acc)
             for i in range(n_rows - r0):
                 out[t * n_rows + r0 + i] = buf[i]
@@ -248,7 +249,6 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
             sg = scale[g]
             mg = mn[g]
             offv = load_f32x16(offsets, g * GROUP)
-            buf = np.empty(GROUP, np.float32)
             # the token loop below reads U8 bytes: the packed group itself, or its expansion
             if fmt == U8 or n_tokens < 4:
                 tile = qg
@@ -303,10 +303,10 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
                     a1 = finish(a1, i1, j1, h1, scv, mnv, offv, tb + n_sub, dsc, s1f, s23f, xm)
                     a2 = finish(a2, i2, j2, h2, scv, mnv, offv, tb + 2 * n_sub, dsc, s1f, s23f, xm)
                     a3 = finish(a3, i3, j3, h3, scv, mnv, offv, tb + 3 * n_sub, dsc, s1f, s23f, xm)
-                put(out, t, g, n_rows, a0, buf)
-                put(out, t + 1, g, n_rows, a1, buf)
-                put(out, t + 2, g, n_rows, a2, buf)
-                put(out, t + 3, g, n_rows, a3, buf)
+                put(out, t, g, n_rows, a0)
+                put(out, t + 1, g, n_rows, a1)
+                put(out, t + 2, g, n_rows, a2)
+                put(out, t + 3, g, n_rows, a3)
                 t += 4
             while t < n_tokens:
                 a0 = zeros_f32x16()
@@ -336,7 +336,7 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
                     scv = load_f32x16(sg, b * GROUP)
                     mnv = load_f32x16(mg, b * GROUP) if affine else scv
                     a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, offv, t * n_sub + b, dsc, s1f, s23f, xm)
-                put(out, t, g, n_rows, a0, buf)
+                put(out, t, g, n_rows, a0)
                 t += 1
 
     return kernel
