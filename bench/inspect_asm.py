@@ -1,0 +1,94 @@
+"""What LLVM made of the hot loops: instruction counts of the integer kernel, the attention
+and the activation quantizer, compiled fresh (a temporary numba cache: cached code cannot be
+inspected).
+
+    python bench/inspect_asm.py [--kernel nib5] [--planes 3] [--show-loop]
+
+Prints, per function, the vector instructions by count (zmm = 512-bit), and with --show-loop
+the innermost basic block that holds the most vpdpbusd / vfmadd instructions.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from collections import Counter
+
+os.environ["LOWBIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lowbit-asm-")
+
+import numpy as np  # noqa: E402
+
+from lowbit.runtime.kernels import repack  # noqa: E402
+from lowbit.runtime.kernels.attention import attention_kernel, cache_length  # noqa: E402
+from lowbit.runtime.kernels.packed import packed_kernel, quantizer  # noqa: E402
+
+FORMATS = {"u8": repack.U8, "nib4": repack.NIB4, "nib5": repack.NIB5, "nib6": repack.NIB6}
+
+
+def blocks(asm: str):
+    """Basic blocks: (label, [instruction lines])."""
+    out, label, body = [], "entry", []
+    for line in asm.splitlines():
+        m = re.match(r"^(\.LBB\w+):", line)
+        if m:
+            out.append((label, body))
+            label, body = m.group(1), []
+        elif line.startswith("\t") and not line.strip().startswith("."):
+            body.append(line.strip())
+    out.append((label, body))
+    return out
+
+
+def summary(name, asm, show_loop, hot=("vpdpbusd", "vfmadd231ps")):
+    ins = [line.split()[0] for _, body in blocks(asm) for line in body]
+    vec = Counter(i for i in ins if i.startswith("v"))
+    zmm = sum(1 for _, body in blocks(asm) for line in body if "zmm" in line)
+    print(f"\n{name}: {len(ins)} instructions, {zmm} on zmm registers; vector instructions by count:")
+    print("  " + ", ".join(f"{k} {v}" for k, v in vec.most_common(14)))
+    if show_loop:
+        label, body = max(blocks(asm), key=lambda b: sum(1 for line in b[1] if line.split()[0] in hot))
+        print(f"  hottest block {label} ({len(body)} instructions):")
+        for line in body[:60]:
+            print("    " + line)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kernel", default="nib5", choices=sorted(FORMATS))
+    p.add_argument("--sub", type=int, default=32)
+    p.add_argument("--affine", action="store_true")
+    p.add_argument("--planes", type=int, default=3)
+    p.add_argument("--show-loop", action="store_true")
+    args = p.parse_args(argv)
+    fmt = FORMATS[args.kernel]
+    k = packed_kernel(fmt, args.sub, args.affine, args.planes)
+    n_cols, groups, n_tokens = 256, 2, 5
+    q = np.zeros((groups, n_cols // args.sub * repack.sub_bytes(fmt, args.sub)), np.uint8)
+    sc = np.zeros((groups, n_cols // args.sub * 16), np.float32)
+    mn = np.zeros((groups, sc.shape[1] if args.affine else 0), np.float32)
+    offs = np.zeros(groups * 16, np.float32)
+    qx = np.zeros((args.planes, n_tokens * n_cols), np.int8)
+    dx = np.zeros(n_tokens * n_cols // 32, np.float32)
+    isum = np.zeros((2, n_tokens * n_cols // 16), np.int32)
+    out = np.zeros(n_tokens * groups * 16, np.float32)
+    k(q, sc, mn, offs, qx, dx, isum, n_tokens, groups * 16, out)
+    summary(f"integer kernel ({args.kernel}, sub-block {args.sub}, {'affine' if args.affine else 'symmetric'}, "
+            f"{args.planes} planes)", k.inspect_asm(k.signatures[0]), args.show_loop)
+
+    a = attention_kernel(False)
+    na = cache_length(64)
+    z = np.zeros
+    a(z(8 * 64, np.float32), z(2 * 64 * na, np.float32), z(2 * 64 * na, np.float32), 2, 4, 64, 2, na, 10, 0.1, 0,
+      z(8 * 64, np.float32))
+    summary("attention", a.inspect_asm(a.signatures[0]), args.show_loop)
+
+    f = quantizer(args.planes, False)
+    x = z((2, 64), np.float32)
+    f(x, z((args.planes, 128), np.int8), z(4, np.float32), z((2, 8), np.int32))
+    summary(f"activation quantizer ({args.planes} planes)", f.inspect_asm(f.signatures[0]), args.show_loop,
+            hot=("vrndscaleps",))
+
+
+if __name__ == "__main__":
+    main()
