@@ -45,7 +45,7 @@ CANDIDATES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"
 REFERENCE = ("Q3_K", "Q4_0")     # the measured type: 256-block rows, other rows (when candidates)
 ROW_SAMPLE = 4096                # rows of a tensor encoded to estimate E (scaled to the whole)
 HELD_OUT = 48                    # extra (tensor, type) pairs measured to check the predictors
-VERSION = 1
+VERSION = 2                      # 2: swaps reach the stacked q/k/v and gate/up products
 
 
 @dataclass
@@ -114,7 +114,6 @@ class SensitivityProbe:
         self.model = model
         self.sample = sample
         self.base = self._log_probs()
-        self.slots = {lin.name: [lin] for lin in model.linears(include_output=True)}
 
     def _log_probs(self) -> np.ndarray:
         logits = self.model.forward(self.sample, self.model.new_cache(len(self.sample)), logits_from=0)
@@ -122,21 +121,12 @@ class SensitivityProbe:
 
     def kld_with(self, name: str, raw: np.ndarray, qtype) -> float:
         from lowbit.runtime.kernels import QuantMatrix
-        m = self.model
-        t = m.gguf.tensors[name]
-        swapped = QuantMatrix(raw, qtype, t.shape[0], t.shape[1], name)
-        saved = []
-        if name == "token_embd.weight":  # the lookup table, and the output matrix when tied
-            saved.append((m, "_embd", m._embd))
-            m._embd = swapped
-        for lin in self.slots.get(name, []):
-            saved.append((lin, "matrix", lin.matrix))
-            lin.matrix = swapped
+        t = self.model.gguf.tensors[name]
+        old = self.model.swap_matrix(name, QuantMatrix(raw, qtype, t.shape[0], t.shape[1], name))
         try:
             lq = self._log_probs()
         finally:
-            for obj, attr, old in saved:
-                setattr(obj, attr, old)
+            self.model.swap_matrix(name, old)
         p = np.exp(self.base)
         return float(np.maximum((p * (self.base - lq)).sum(axis=1), 0.0).mean())
 

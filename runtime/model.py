@@ -185,6 +185,24 @@ class Model:
         found = [lin for L in self.layers for lin in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)]
         return found + [self.output] if include_output else found
 
+    def swap_matrix(self, name: str, matrix: QuantMatrix) -> QuantMatrix:
+        """Put `matrix` in the place of weight `name` everywhere the model uses it (the
+        embedding lookup and a tied output included, the stacked q/k/v and gate/up products
+        rebuilt); returns the matrix it replaced. For measuring one tensor's sensitivity."""
+        old = None
+        if name == "token_embd.weight":
+            old, self._embd = self._embd, matrix
+        if self.output.matrix.name == name:
+            old, self.output.matrix = self.output.matrix, matrix
+        for layer in self.layers:
+            for lin in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down):
+                if lin.matrix.name == name:
+                    old, lin.matrix = lin.matrix, matrix
+                    layer.__post_init__()  # the groups stack the matrices they were built with
+        if old is None:
+            raise ModelError(f"the model has no weight matrix {name}")
+        return old
+
     # -- running -----------------------------------------------------------------------------
 
     def new_cache(self, n_ctx: int) -> KVCache:

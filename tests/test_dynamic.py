@@ -136,3 +136,22 @@ def test_recipe_type_the_rows_cannot_take():
         plan_from_recipe(shapes, {"blk.0.ffn_down.weight": "IQ2_XS"})
     with pytest.raises(RecipeError, match="unknown type"):
         plan_from_recipe(shapes, {"blk.0.ffn_down.weight": "Q9"})
+
+
+def test_probe_reaches_every_weight_and_restores_it(tmp_path):
+    from lowbit.eval.sensitivity import SensitivityProbe
+    from lowbit.quant.decode import dequantize
+    from lowbit.quant.encode import quantize
+    from lowbit.quant.types import by_name
+    from lowbit.runtime.model import Model
+    model = Model.load(build_model(tmp_path / "m.gguf", "llama", "F16", embd_type="F16", n_layer=1))
+    probe = SensitivityProbe(model, np.arange(2, 40))
+    q2k = by_name("Q2_K")
+    names = [n for n, t in model.gguf.tensors.items() if len(t.shape) == 2]
+    assert "blk.0.ffn_up.weight" in names and "token_embd.weight" in names
+    for name in names:
+        t = model.gguf.tensors[name]
+        w = dequantize(model.gguf.raw(name), t.qtype, t.shape)
+        assert probe.kld_with(name, quantize(w, q2k), q2k) > 1e-6, name  # the swap took effect
+    again = SensitivityProbe(model, np.arange(2, 40)).base
+    np.testing.assert_array_equal(again, probe.base)                       # and was undone
