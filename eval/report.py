@@ -106,6 +106,17 @@ def _figure(title: str, cap: str):
     return fig, ax, plt
 
 
+def _save(fig, ax, plt, path: Path, ylabel: str) -> Path:
+    """Log y against bits per weight, the legend, the PNG."""
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (whole file)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = None) -> Path:
     """Mean KLD against bits per weight (log y), with and without imatrix, the Pareto front
     drawn through the best entries; `extra` adds other series (name, points)."""
@@ -138,13 +149,7 @@ def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = No
     if front:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C1",
                 label="Pareto front", zorder=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (whole file)")
-    ax.set_ylabel("mean KL-divergence to the base (nats)")
-    ax.legend()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, plt, path, "mean KL-divergence to the base (nats)")
 
 
 def plot_speed(data: dict, path: Path, machine: str) -> Path:
@@ -158,13 +163,7 @@ def plot_speed(data: dict, path: Path, machine: str) -> Path:
         ax.scatter([e["bpw"] for e, _ in sel], [v for _, v in sel], color=color, label=label)
         for e, v in sel:
             ax.annotate(e["type"], (e["bpw"], v), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per weight (whole file)")
-    ax.set_ylabel("tokens/s")
-    ax.legend()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, plt, path, "tokens/s")
 
 
 def write_report(data: dict, out_dir: Path, machine: str) -> Path:
