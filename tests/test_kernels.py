@@ -21,7 +21,7 @@ import pytest
 
 from lowbit.runtime.kernels import KernelError, QuantMatrix
 from lowbit.runtime.kernels.packed import QuantizedActivations
-from lowbit.runtime.kernels.repack import expand_u8, unpacking
+from lowbit.runtime.kernels.repack import expand_u8, scales_f32, unpacking
 
 from conftest import ALL_TYPES, QUANTIZED, type_params
 from synthetic import encode_rows
@@ -127,7 +127,7 @@ def test_repack_reproduces_the_decoded_weights(qtype, rng):
     u = u8.reshape(groups, m.n_cols // 4, 16, 4).transpose(0, 2, 1, 3).reshape(groups * 16, m.n_cols)
     per_sub = lambda a: np.repeat(a.reshape(groups, -1, 16).transpose(0, 2, 1).reshape(groups * 16, -1),
                                   spec.sub, axis=1)
-    sc = per_sub(scale)
+    sc = per_sub(scales_f32(scale))
     mins = per_sub(mn) if spec.affine else sc * np.float32(spec.offset)
     w = (sc * u.astype(np.float32) - mins)[:m.n_rows]
     np.testing.assert_allclose(w, m.dequantize(), rtol=1e-6, atol=0)

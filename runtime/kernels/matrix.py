@@ -56,6 +56,7 @@ class QuantMatrix:
         self.unpacking = unpacking(qtype)
         self._packed = None
         self._offsets = None
+        self._calls = {}
 
     @property
     def n_bytes(self) -> int:
@@ -95,9 +96,11 @@ class QuantMatrix:
         return sum(a.nbytes for a in self._packed) if self._packed is not None else 0
 
     @property
-    def kernel_key(self) -> tuple[int, int, bool]:
-        """(weight format, sub-block, affine): matrices with equal keys can share a kernel call."""
-        return self.unpacking.fmt, self.unpacking.sub, self.unpacking.affine
+    def kernel_key(self) -> tuple[int, int, bool, bool]:
+        """(weight format, sub-block, affine, float16 scales): matrices with equal keys can
+        share a kernel call."""
+        u = self.unpacking
+        return u.fmt, u.sub, u.affine, u.half
 
     def quantize(self, xs: np.ndarray, planes: int = ACTIVATION_PLANES) -> QuantizedActivations:
         """Activations (T, n_cols) quantized for this matrix's integer kernel."""
@@ -135,11 +138,18 @@ class QuantMatrix:
         elif out.shape != (qa.n_tokens, self.n_rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise KernelError(f"{self.name}: output must be a contiguous float32 array of shape "
                               f"({qa.n_tokens}, {self.n_rows})")
-        q, scale, mn = self.packed()
-        spec = self.unpacking
-        packed_kernel(*self.kernel_key, qa.planes)(q, scale, mn, self.offsets(), qa.qx, qa.dx, qa.isum,
-                                                        qa.n_tokens, self.n_rows, out.reshape(-1))
+        kernel, q, scale, mn, offsets = self._bound(qa.planes)
+        kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
+
+    def _bound(self, planes: int):
+        """(kernel, q, scale, min, offsets) for P planes, looked up once (a generated token makes
+        a few hundred products: the Python around each call counts)."""
+        bound = self._calls.get(planes)
+        if bound is None:
+            q, scale, mn = self.packed()
+            bound = self._calls[planes] = (packed_kernel(*self.kernel_key, planes), q, scale, mn, self.offsets())
+        return bound
 
     def dequantize(self) -> np.ndarray:
         """The exact float32 matrix (materialised: for tests and references, not the hot path)."""
@@ -164,6 +174,7 @@ class StackedMatrix:
         self.n_rows = sum(m.n_rows for m in matrices)
         self.bounds = np.cumsum([0] + [m.n_rows for m in matrices]).tolist()
         self._arrays = None
+        self._kernels = {}
 
     @staticmethod
     def can_stack(matrices: list[QuantMatrix]) -> bool:
@@ -181,6 +192,7 @@ class StackedMatrix:
             n = m.n_rows // GROUP
             m._packed = (q[g:g + n], scale[g:g + n], mn[g:g + n])
             m._offsets = offsets[g * GROUP:(g + n) * GROUP]
+            m._calls = {}
             g += n
         self._arrays = (q, scale, mn, offsets)
 
@@ -192,9 +204,11 @@ class StackedMatrix:
         if self._arrays is None:
             self._stack()
         q, scale, mn, offsets = self._arrays
+        kernel = self._kernels.get(qa.planes)
+        if kernel is None:
+            kernel = self._kernels[qa.planes] = packed_kernel(*self.matrices[0].kernel_key, qa.planes)
         out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
-        packed_kernel(*self.matrices[0].kernel_key, qa.planes)(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum,
-                                              qa.n_tokens, self.n_rows, out.reshape(-1))
+        kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
 
     def split(self, y: np.ndarray) -> list[np.ndarray]:

@@ -40,7 +40,7 @@ from numba import njit, prange
 from lowbit.quant.jit_cache import cached_kernel
 
 from .repack import NIB5, NIB6, U8, sub_bytes
-from .simd import and_i32x16, or_i32x16, shift_i32x16, store_bytes64
+from .simd import and_i32x16, load_f16x16, or_i32x16, shift_i32x16, store_bytes64
 from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_bytes64, load_f32x16,
                    max_abs2_f32x16, max_f32x16, min_f32x16, mul_f32x16, reduce_add_i32x16,
                    rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, splat_i32, store_f32x16, store_i8x16,
@@ -124,7 +124,7 @@ class QuantizedActivations:
             raise ValueError(f"activation planes must be 1, 2 or 3, not {planes}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.n_tokens, self.n_cols, self.planes = n_tokens, n_cols, planes
-        self.qx = np.zeros((planes, n_tokens * n_cols), np.int8)
+        self.qx = np.empty((planes, n_tokens * n_cols), np.int8)     # every byte is written
         self.dx = np.empty(n_tokens * n_cols // QBLOCK, np.float32)
         self.isum = np.empty((2, n_tokens * n_cols // 16), np.int32)
         quantizer(planes, n_tokens >= PARALLEL_QUANTIZE_TOKENS)(x, self.qx, self.dx, self.isum)
@@ -139,12 +139,16 @@ class QuantizedActivations:
 
 
 @lru_cache(maxsize=None)
-def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
+def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
     """out (T, N) = W x for the repacked W (weight format fmt, sub-block `sub`, affine or
-    symmetric), P activation planes."""
+    symmetric, float16 or float32 scales), P activation planes."""
     steps = sub // 4
     sbytes = sub_bytes(fmt, sub)
     high_at = steps // 2 * 64       # where a sub-block's high-bit vector starts (NIB5, NIB6)
+
+    @njit(inline="always")
+    def scales(sg, at):
+        return load_f16x16(sg, at) if half else load_f32x16(sg, at)
 
     @njit(inline="always")
     def high_bits(qg, base):
@@ -296,7 +300,7 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
                             h1 = dot_u8s8(h1, wv, splat_bytes4(p3, x1 + k))
                             h2 = dot_u8s8(h2, wv, splat_bytes4(p3, x2 + k))
                             h3 = dot_u8s8(h3, wv, splat_bytes4(p3, x3 + k))
-                    scv = load_f32x16(sg, b * GROUP)
+                    scv = scales(sg, b * GROUP)
                     mnv = load_f32x16(mg, b * GROUP) if affine else scv
                     tb = t * n_sub + b
                     a0 = finish(a0, i0, j0, h0, scv, mnv, offv, tb, dsc, s1f, s23f, xm)
@@ -333,7 +337,7 @@ def packed_kernel(fmt: int, sub: int, affine: bool, planes: int):
                         if planes >= 3:
                             h0 = dot_u8s8(h0, wa, splat_bytes4(p3, x0 + k))
                             h0 = dot_u8s8(h0, wb, splat_bytes4(p3, x0 + k + 4))
-                    scv = load_f32x16(sg, b * GROUP)
+                    scv = scales(sg, b * GROUP)
                     mnv = load_f32x16(mg, b * GROUP) if affine else scv
                     a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, offv, t * n_sub + b, dsc, s1f, s23f, xm)
                 put(out, t, g, n_rows, a0)

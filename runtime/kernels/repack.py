@@ -25,9 +25,9 @@ with zero rows), G = ceil(n_rows / 16):
     scale f32   [G, n_cols / SB * 16] per sub-block, the 16 rows' scales
     min   f32   [G, n_cols / SB * 16] (affine types only; an empty array otherwise)
 
-Memory: 1 byte per weight plus 4 bytes per SB weights for the scale and, for affine types,
-4 more for the min: 1.125 bytes per weight (symmetric, SB 32), 1.25 (symmetric SB 16, or
-affine SB 32), 1.5 (affine SB 16: Q2_K).
+Memory: the weight bytes of the format (below: 1, 0.5 or 0.5 + 1/8 or 1/4 per weight), plus
+per SB weights 4 bytes of scale (2 for the types whose scale is a float16 of the file: Q4_0,
+Q5_0, Q8_0, IQ4_NL, TQ1_0, TQ2_0) and, for affine types, 4 of min.
 """
 from __future__ import annotations
 
@@ -313,6 +313,8 @@ class Unpacking:
     offset: int         # OFF for symmetric types (min = OFF * scale); -1: affine, min stored
     unpack: object      # the njit unpacker
     fmt: int = U8       # weight format (the largest u decides; see above)
+    half: bool = False  # scales kept as float16: the type's scale is a float16 of the file
+
 
     @property
     def affine(self) -> bool:
@@ -320,17 +322,17 @@ class Unpacking:
 
 
 UNPACKING = {
-    "Q4_0": Unpacking(32, 8, unpack_q4_0, NIB4),
+    "Q4_0": Unpacking(32, 8, unpack_q4_0, NIB4, half=True),
     "Q4_1": Unpacking(32, -1, unpack_q4_1, NIB4),
-    "Q5_0": Unpacking(32, 16, unpack_q5_0, NIB5),
+    "Q5_0": Unpacking(32, 16, unpack_q5_0, NIB5, half=True),
     "Q5_1": Unpacking(32, -1, unpack_q5_1, NIB5),
-    "Q8_0": Unpacking(32, 128, unpack_q8_0, U8),
+    "Q8_0": Unpacking(32, 128, unpack_q8_0, U8, half=True),
     "Q2_K": Unpacking(16, -1, unpack_q2_k, NIB4),
     "Q3_K": Unpacking(16, 4, unpack_q3_k, NIB4),
     "Q4_K": Unpacking(32, -1, unpack_q4_k, NIB4),
     "Q5_K": Unpacking(32, -1, unpack_q5_k, NIB5),
     "Q6_K": Unpacking(16, 32, unpack_q6_k, NIB6),
-    "IQ4_NL": Unpacking(32, 128, unpack_iq4_nl, U8),     # u = table value + 128
+    "IQ4_NL": Unpacking(32, 128, unpack_iq4_nl, U8, half=True),     # u = table value + 128
     "IQ4_XS": Unpacking(32, 128, unpack_iq4_xs, U8),
     "IQ2_XXS": Unpacking(32, 64, unpack_iq2_xxs, U8),    # u in 21 .. 107
     "IQ2_XS": Unpacking(16, 64, unpack_iq2_xs, U8),
@@ -339,8 +341,8 @@ UNPACKING = {
     "IQ3_S": Unpacking(32, 16, unpack_iq3_s, NIB5),      # u in 1 .. 31
     "IQ1_S": Unpacking(32, 16, unpack_iq1_s, NIB5),      # u in 7 .. 25
     "IQ1_M": Unpacking(16, 16, unpack_iq1_m, NIB6),
-    "TQ1_0": Unpacking(32, 1, unpack_tq1_0, NIB4),
-    "TQ2_0": Unpacking(32, 1, unpack_tq2_0, NIB4),
+    "TQ1_0": Unpacking(32, 1, unpack_tq1_0, NIB4, half=True),
+    "TQ2_0": Unpacking(32, 1, unpack_tq2_0, NIB4, half=True),
     "MXFP4": Unpacking(32, 12, unpack_mxfp4, NIB5),      # u in 0 .. 24
 }
 
@@ -440,18 +442,29 @@ def repack(rows: np.ndarray, qtype: QuantType, n_rows: int, n_cols: int, done=No
     matrix and its repacked copy are never resident together in full."""
     spec = UNPACKING[qtype.name]
     groups = -(-n_rows // GROUP)
+    n_scales = n_cols // spec.sub * GROUP
     q = np.empty((groups, n_cols // spec.sub * sub_bytes(spec.fmt, spec.sub)), np.uint8)
-    scale = np.zeros((groups, n_cols // spec.sub * GROUP), np.float32)
-    mn = np.zeros((groups, n_cols // spec.sub * GROUP) if spec.affine else (groups, 0), np.float32)
+    scale = np.zeros((groups, n_scales), np.uint16 if spec.half else np.float32)
+    mn = np.zeros((groups, n_scales) if spec.affine else (groups, 0), np.float32)
     kernel = repack_kernel(qtype, spec)
     step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * GROUP))   # groups per chunk
     for g0 in range(0, groups, step):
         g1 = min(groups, g0 + step)
         chunk = rows[g0 * GROUP:min(n_rows, g1 * GROUP)]
-        kernel(chunk, n_cols, q[g0:g1], scale[g0:g1], mn[g0:g1])
+        if spec.half:    # the scales are float16 values of the file: the conversion is exact
+            sc32 = np.zeros((g1 - g0, n_scales), np.float32)
+            kernel(chunk, n_cols, q[g0:g1], sc32, mn[g0:g1])
+            scale[g0:g1] = sc32.astype(np.float16).view(np.uint16)
+        else:
+            kernel(chunk, n_cols, q[g0:g1], scale[g0:g1], mn[g0:g1])
         if done is not None:
             done(chunk)
     return q, scale, mn
+
+
+def scales_f32(scale: np.ndarray) -> np.ndarray:
+    """The scales of a repacked matrix as float32 (they may be kept as float16 bits)."""
+    return scale.view(np.float16).astype(np.float32) if scale.dtype == np.uint16 else scale
 
 
 def expand_u8(q: np.ndarray, fmt: int, sub: int, n_cols: int) -> np.ndarray:

@@ -133,6 +133,21 @@ def load_f32x16(typingctx, arr, index):
 
 
 @intrinsic
+def load_f16x16(typingctx, arr, index):
+    """16 consecutive IEEE halves (stored as uint16) from element `index`, widened to float32
+    (exact; vcvtph2ps with F16C/AVX-512)."""
+    if not (_is_array(arr, (types.uint16,)) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v16h = ir.VectorType(ir.HalfType(), 16)
+        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=2)
+        return builder.fpext(halves, _V16F32)
+
+    return f32x16(arr, index), codegen
+
+
+@intrinsic
 def store_f32x16(typingctx, arr, index, v):
     """Store 16 float32 into an array from element `index`."""
     if not (_is_array(arr, (types.float32,)) and isinstance(index, types.Integer) and v == f32x16):
