@@ -248,7 +248,7 @@ def _recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     import numpy as np
 
     from lowbit.quant.allocate import write_recipe
-    from lowbit.quant.quantize_model import check_imatrix, make_plan
+    from lowbit.quant.quantize_model import check_imatrix, check_requantize, make_plan
     from lowbit.quant.recipes import PlanOptions
     from lowbit.quant.types import by_name
     from .dynamic import allocate_for_budget, budget_from, recipe_header, recipe_rows
@@ -262,7 +262,10 @@ def _recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     recipe_path = Path(args.write_recipe or args.output + ".recipe")
     if not recipe_path.parent.exists():
         raise UsageError(f"the directory {recipe_path.parent} for the recipe does not exist")
-    check_imatrix(src, make_plan(src, PlanOptions("Q8_0")), im)
+    candidates_plan = make_plan(src, PlanOptions("Q8_0"))
+    check_imatrix(src, candidates_plan, im)
+    # any tensor may change type under a budget: refuse before the minutes of measurement
+    check_requantize(src, [c.name for c in candidates_plan], args.allow_requantize)
     budget = budget_from(src, args.target_bpw, args.target_size)
     model, tokenizer = load_model(str(src.path))
     tokens = tokenizer.encode(read_text(args.calib), add_special=True)

@@ -65,14 +65,19 @@ def check_imatrix(src: GGUFFile, choices: list[Choice], im: ImportanceMatrix) ->
                             "it is for another model")
 
 
+def check_requantize(src: GGUFFile, names: list[str], allow_requantize: bool) -> None:
+    """Quantizing an already quantized tensor again needs --allow-requantize, as in llama.cpp."""
+    for name in names:
+        t = src.tensors[name]
+        if not t.qtype.is_float and not allow_requantize:
+            raise QuantizeError(f"{src.path.name} is already quantized ({name} is {t.qtype.name}); "
+                                f"pass --allow-requantize to quantize it again")
+
+
 def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: ImportanceMatrix | None,
                allow_requantize: bool) -> None:
     changed = [c for c in choices if c.qtype.name != src.tensors[c.name].qtype.name]
-    for c in changed:
-        t = src.tensors[c.name]
-        if not t.qtype.is_float and not allow_requantize:
-            raise QuantizeError(f"{src.path.name} is already quantized ({c.name} is {t.qtype.name}); "
-                                f"pass --allow-requantize to quantize it again")
+    check_requantize(src, [c.name for c in changed], allow_requantize)
     preset = resolve_target(opts.target)[0].name
     if opts.recipe is None and preset in PRESETS_NEEDING_IMATRIX and im is None:
         raise QuantizeError(f"{preset} needs an importance matrix, as in llama.cpp: pass --imatrix FILE "

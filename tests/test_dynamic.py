@@ -126,6 +126,13 @@ def test_bad_budgets_and_recipes_are_refused(model_and_imatrix, tmp_path):
         done = lowbit("quantize", model, out, *args)
         assert done.returncode == 1 and fragment in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr and not out.exists()
+    # a quantized source is refused before the sensitivity is measured, and no recipe is written
+    quantized = tmp_path / "q8.gguf"
+    assert lowbit("quantize", model, quantized, "Q8_0").returncode == 0
+    recipe = tmp_path / "q8.recipe"
+    done = lowbit("quantize", quantized, out, "--target-bpw", "6", *common, "--write-recipe", recipe)
+    assert done.returncode == 1 and "--allow-requantize" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not out.exists() and not recipe.exists()
 
 
 def test_recipe_type_the_rows_cannot_take():
