@@ -117,34 +117,51 @@ def _save(fig, ax, plt, path: Path, ylabel: str) -> Path:
     return path
 
 
+NEAR_ZERO = 1e-5   # mean KLD below this: the entry reproduces the base (the source is that preset)
+
+
+def _kld_for_plot(rows: list[dict]) -> dict[int, float]:
+    """y of each entry: its mean KLD, or, for an entry that reproduces the base, a floor a
+    little below the others (a log axis has no zero, and 1e-7 would squash every other point)."""
+    others = [e["kld"]["mean"] for e in rows if e["kld"]["mean"] >= NEAR_ZERO]
+    floor = min(others) / 3 if others else NEAR_ZERO
+    return {id(e): max(e["kld"]["mean"], floor) if e["kld"]["mean"] < NEAR_ZERO else e["kld"]["mean"]
+            for e in rows}
+
+
 def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = None) -> Path:
     """Mean KLD against bits per weight (log y), with and without imatrix, the Pareto front
     drawn through the best entries; `extra` adds other series (name, points)."""
     rows = ok_entries(data)
+    y = _kld_for_plot(rows)
     fig, ax, plt = _figure("KL-divergence against size", caption(data, machine))
     series = ((True, "o", "presets with importance matrix"), (False, "s", "presets without"))
     for with_im, marker, label in series:
         sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e)]
         if not sel:
             continue
-        ax.scatter([e["bpw"] for e in sel], [e["kld"]["mean"] for e in sel], marker=marker,
+        ax.scatter([e["bpw"] for e in sel], [y[id(e)] for e in sel], marker=marker,
                    facecolors="C0" if with_im else "none", edgecolors="C0", label=label, zorder=3)
         for e in sel:
-            ax.annotate(e["type"], (e["bpw"], e["kld"]["mean"]), fontsize=7,
+            name = e["type"] + (f" = the base (KLD {e['kld']['mean']:.0e})" if e["kld"]["mean"] < NEAR_ZERO else "")
+            ax.annotate(name, (e["bpw"], y[id(e)]), fontsize=7,
                         xytext=(4, 2 if with_im else -8), textcoords="offset points")
-    mixes = [e for e in rows if is_allocated(e)]
+    mixes = sorted((e for e in rows if is_allocated(e)), key=lambda e: e["bpw"])
     if mixes:
-        ax.scatter([e["bpw"] for e in mixes], [e["kld"]["mean"] for e in mixes], marker="*", s=120,
+        ax.scatter([e["bpw"] for e in mixes], [y[id(e)] for e in mixes], marker="*", s=120,
                    color="C2", label="lowbit per-tensor allocation", zorder=4)
-        ax.plot([e["bpw"] for e in sorted(mixes, key=lambda e: e["bpw"])],
-                [e["kld"]["mean"] for e in sorted(mixes, key=lambda e: e["bpw"])], "--", color="C2", zorder=2)
+        ax.plot([e["bpw"] for e in mixes], [y[id(e)] for e in mixes], "--", color="C2", zorder=2)
+        by_point = {}   # budgets the allocator did not need all of can give the same mix
         for e in mixes:
-            ax.annotate(f"{e['bpw']:.2f} bpw mix", (e["bpw"], e["kld"]["mean"]), fontsize=7,
-                        xytext=(4, 6), textcoords="offset points", color="C2")
+            by_point.setdefault((round(e["bpw"], 3), round(y[id(e)], 6)), []).append(e)
+        for same in by_point.values():
+            budgets = ", ".join(e["type"][len("alloc-"):-len("bpw")] for e in same)
+            ax.annotate(f"{same[0]['bpw']:.2f} bpw mix (budget {budgets})", (same[0]["bpw"], y[id(same[0])]),
+                        fontsize=7, xytext=(4, 6), textcoords="offset points", color="C2")
     for i, series in enumerate(extra or []):
         ax.scatter([p[0] for p in series["points"]], [p[1] for p in series["points"]], marker="^",
                    color=f"C{i + 2}", label=series["name"], zorder=3)
-    pts = [(e["bpw"], e["kld"]["mean"]) for e in rows]
+    pts = [(e["bpw"], y[id(e)]) for e in rows]
     front = pareto(pts)
     if front:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C1",

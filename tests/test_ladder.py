@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lowbit.eval import ladder as L
-from lowbit.eval.report import pareto
+from lowbit.eval.report import _kld_for_plot, pareto
 
 from synthetic import build_model
 
@@ -34,6 +34,12 @@ def config(setup, out, types=("Q4_K_M", "IQ2_XXS")):
 def test_pareto_front():
     pts = [(2.0, 1.0), (3.0, 0.5), (2.5, 2.0), (4.0, 0.5), (1.5, 3.0)]
     assert pareto(pts) == [4, 0, 1]
+
+
+def test_an_entry_that_reproduces_the_base_is_drawn_at_a_floor():
+    rows = [{"kld": {"mean": m}} for m in (3e-7, 0.003, 0.2)]
+    y = _kld_for_plot(rows)
+    assert [y[id(e)] for e in rows] == [0.001, 0.003, 0.2]
 
 
 def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
