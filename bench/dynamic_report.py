@@ -30,11 +30,14 @@ def rows_for(ladder_dir: Path) -> tuple[str, list[str]]:
         best = min(peers, key=lambda p: p["kld"]["mean"]) if peers else None
         peer_text = ", ".join(f"{p['type']}{'' if p['imatrix'] else ' (no imatrix)'} {p['kld']['mean']:.4f}"
                               for p in sorted(peers, key=lambda p: p["file_bytes"])) or "none"
+        smallest = min(presets, key=lambda p: p["file_bytes"])
+        smallest_text = (f"no preset is this small (the smallest, {smallest['type']}: "
+                         f"{smallest['file_bytes'] / MiB:.2f} MiB, KLD {smallest['kld']['mean']:.4f})")
         gain = f"{100 * (1 - m['kld']['mean'] / best['kld']['mean']):.0f} %" if best else ""
         out.append(f"| {budget:g} | {m['bpw']:.3f} | {m['file_bytes'] / MiB:.2f} | {m['kld']['mean']:.4f} "
                    f"+/- {m['kld']['stderr']:.4f} | {m['ppl']:.4f} | "
                    + (f"{best['type']}{'' if best['imatrix'] else ' (no imatrix)'}: {best['file_bytes'] / MiB:.2f} MiB, "
-                      f"KLD {best['kld']['mean']:.4f}, PPL {best['ppl']:.4f}" if best else "none")
+                      f"KLD {best['kld']['mean']:.4f}, PPL {best['ppl']:.4f}" if best else smallest_text)
                    + f" | {gain} | {peer_text} |")
     model = Path(data["settings"]["model"]).name
     return model, out
