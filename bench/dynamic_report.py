@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-SLACK = 0.03          # "the same size": presets up to 3 % larger than the mix
+SLACK = 0.03          # "the same size": presets up to 3 % above the budget (bits per weight)
 MiB = 2 ** 20
 
 
