@@ -13,11 +13,12 @@ import argparse
 import os
 import time
 
-import numba
-import numpy as np
 
+from lowbit.eval.machine import pin_threads
 from lowbit.eval.model_store import resolve_model
 from lowbit.eval.speed import synthetic_tokens
+import lowbit.runtime.kernels.matrix as mx
+from lowbit.runtime.kernels import packed
 from lowbit.runtime.model import Model
 
 
@@ -29,13 +30,14 @@ def _stacking(model, on):
             g.stacked = g._saved if on else None
 
 
+DEFAULT_PLANES = packed.ACTIVATION_PLANES   # what "off" restores
+
+
 def _planes(n):
     def set_planes(model, on):
-        from lowbit.runtime.kernels import packed
-        packed.ACTIVATION_PLANES = n if on else 3
-        import lowbit.runtime.kernels.matrix as mx
-        mx.ACTIVATION_PLANES = packed.ACTIVATION_PLANES
-        mx.QuantMatrix.quantize.__defaults__ = (packed.ACTIVATION_PLANES,)
+        planes = n if on else DEFAULT_PLANES
+        packed.ACTIVATION_PLANES = mx.ACTIVATION_PLANES = planes
+        mx.QuantMatrix.quantize.__defaults__ = (planes,)
     return set_planes
 
 
@@ -56,11 +58,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--variant", action="append", default=[])
     args = p.parse_args(argv)
-    numba.set_num_threads(args.threads)
-    from lowbit.eval.machine import blas_pool
-    pool = blas_pool()
-    if pool is not None:
-        pool.set(1)
+    pin_threads(args.threads)
     model = Model.load(resolve_model(args.model))
     variants = ["baseline"] + [v for v in args.variant if v != "baseline"]
     tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, max(args.prompt, 64) + args.gen)

@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from machine import describe, memory_bandwidth_gbs  # noqa: E402
+from machine import describe, memory_bandwidth_gbs, pin_threads  # noqa: E402
 from synthetic import encode_rows, reference_decode  # noqa: E402
 
 from lowbit.quant.types import all_types, by_name  # noqa: E402
@@ -96,11 +96,7 @@ def main(argv=None):
     p.add_argument("--planes", type=int, default=ACTIVATION_PLANES, help="int8 activation planes (1-3)")
     p.add_argument("--generic", action="store_true", help="also time the float decode-and-dot kernels")
     args = p.parse_args(argv)
-    numba.set_num_threads(args.threads)
-    from lowbit.eval.machine import blas_pool
-    pool = blas_pool()
-    if pool is not None:      # the baseline's matmul on as many threads as the kernels
-        pool.set(args.threads)
+    pool = pin_threads(args.threads, blas_threads=args.threads)   # the baseline's matmul on as many threads as the kernels
     types = [by_name(n) for n in args.types.split(",")] if args.types else all_types()
     token_counts = [int(t) for t in args.tokens.split(",")]
     if args.quick:

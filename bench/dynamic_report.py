@@ -14,25 +14,26 @@ import json
 import sys
 from pathlib import Path
 
+from lowbit.eval.report import MiB, alloc_budget, is_allocated, ok_entries
+
 SLACK = 0.03          # "the same size": presets up to 3 % above the budget (bits per weight)
-MiB = 2 ** 20
 
 
 def rows_for(ladder_dir: Path) -> tuple[str, list[str]]:
     data = json.loads((ladder_dir / "results.json").read_text())
-    ok = [e for e in data["entries"].values() if e["status"] == "ok"]
-    mixes = sorted((e for e in ok if e["type"].startswith("alloc-")), key=lambda e: e["bpw"])
-    presets = [e for e in ok if not e["type"].startswith("alloc-")]
+    ok = ok_entries(data)
+    mixes = sorted((e for e in ok if is_allocated(e)), key=lambda e: e["bpw"])
+    presets = [e for e in ok if not is_allocated(e)]
+    smallest = min(presets, key=lambda p: p["file_bytes"])
+    smallest_text = (f"no preset is this small (the smallest, {smallest['type']}: "
+                     f"{smallest['file_bytes'] / MiB:.2f} MiB, KLD {smallest['kld']['mean']:.4f})")
     out = []
     for m in mixes:
-        budget = float(m["type"][len("alloc-"):-len("bpw")])
+        budget = alloc_budget(m["type"])
         peers = [p for p in presets if p["file_bytes"] >= m["file_bytes"] and p["bpw"] <= (1 + SLACK) * budget]
         best = min(peers, key=lambda p: p["kld"]["mean"]) if peers else None
         peer_text = ", ".join(f"{p['type']}{'' if p['imatrix'] else ' (no imatrix)'} {p['kld']['mean']:.4f}"
                               for p in sorted(peers, key=lambda p: p["file_bytes"])) or "none"
-        smallest = min(presets, key=lambda p: p["file_bytes"])
-        smallest_text = (f"no preset is this small (the smallest, {smallest['type']}: "
-                         f"{smallest['file_bytes'] / MiB:.2f} MiB, KLD {smallest['kld']['mean']:.4f})")
         gain = f"{100 * (1 - m['kld']['mean'] / best['kld']['mean']):.0f} %" if best else ""
         out.append(f"| {budget:g} | {m['bpw']:.3f} | {m['file_bytes'] / MiB:.2f} | {m['kld']['mean']:.4f} "
                    f"+/- {m['kld']['stderr']:.4f} | {m['ppl']:.4f} | "

@@ -47,6 +47,7 @@ dequantized weights.
 
 import argparse
 import ctypes
+import functools
 import hashlib
 import json
 import math
@@ -97,6 +98,7 @@ llama_cpp.llama_backend_init()
 # ---------------------------------------------------------------------------------------------
 # importance matrices, as llama-quantize's load_imatrix() normalizes them
 
+@functools.lru_cache(maxsize=None)   # read once per run, not once per preset (callers do not modify it)
 def load_imatrix(path: str) -> dict:
     """{tensor name: float32 array, sums divided by counts}, plus 'datasets' and 'chunks'."""
     try:
@@ -209,11 +211,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def tensor_bytes(path: Path) -> int:
-    r = gguf.GGUFReader(str(path))
-    return sum(int(t.n_bytes) for t in r.tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +344,7 @@ def cmd_plans(args) -> int:
                 (out / "logs" / f"{m['tag']}-{preset}.log").write_text(q["log"])
                 entry["llama_cpp"] = {"rc": q["rc"], "seconds": q["seconds"]}
                 if q["rc"] == 0 and dst.exists():
-                    entry["llama_cpp"].update(types=file_types(dst), file_bytes=dst.stat().st_size,
-                                              tensor_bytes=tensor_bytes(dst))
+                    entry["llama_cpp"].update(types=file_types(dst), file_bytes=dst.stat().st_size)
                 else:
                     entry["llama_cpp"]["error"] = [l for l in q["log"].splitlines() if l.strip()][-5:]
                 keep = preset in m["keep"]
@@ -388,7 +384,6 @@ def ppl_both(args, res: dict, m: dict, f: Path, tag: str, entry: dict, prefix: s
     ppl_dir.mkdir(parents=True, exist_ok=True)
     digest = sha256(f)
     entry[prefix + ".sha256"] = digest
-    jpath = ppl_dir / f"{tag}.lowbit.json"
     cmd = [args.lowbit, "perplexity", str(f), "-f", args.text, "-c", str(args.ctx_size),
            "--chunks", str(args.chunks), "--json", "-t", str(args.threads)]
     print(f"  {prefix}: lowbit perplexity ...", end="", flush=True)
@@ -398,7 +393,6 @@ def ppl_both(args, res: dict, m: dict, f: Path, tag: str, entry: dict, prefix: s
     entry[prefix + ".in_lowbit"] = {"cmd": " ".join(cmd), "rc": rc, "lowbit_src": fp0,
                                     "src_changed_during_run": fp0 != fp1, **(j or {"error": err})}
     if j:
-        jpath.write_text(json.dumps(j) + "\n")
         print(f" {j['ppl']:.4f} ({j['seconds']:.0f} s)", end="", flush=True)
     else:
         print(" FAILED", end="", flush=True)
@@ -417,7 +411,7 @@ def ppl_both(args, res: dict, m: dict, f: Path, tag: str, entry: dict, prefix: s
         j2, rc, err = run_json(cmd, ppl_dir / f"{tag}.llamacpp.log")
         r = {"cmd": " ".join(cmd), "rc": rc, **(j2 or {"error": err})}
         if "ppl" in r:
-            res["llama_cpp_ppl"][cache_key] = r
+            res["llama_cpp_ppl"][cache_key] = dict(r)   # a copy: r gets this run's lowbit figures below
             print(f" {r['ppl']:.4f} ({r['seconds']:.0f} s)", flush=True)
         else:
             print(f" FAILED {str(r.get('error'))[-300:]}", flush=True)
@@ -447,39 +441,45 @@ def lowbit_quantize(args, m: dict, src_preset: str, dst: Path, extra: list) -> d
 # ---------------------------------------------------------------------------------------------
 # interop: lowbit's files and llama.cpp's, each in both programs
 
-def cmd_interop(args) -> int:
-    out, lb_out = Path(args.out), Path(args.lowbit_out)
-    lb_out.mkdir(parents=True, exist_ok=True)
-    res = load_results(args)
+def pending(args, res: dict, section: str):
+    """(model, preset, key) for each kept preset of the interop models not yet in res[section]."""
+    Path(args.lowbit_out).mkdir(parents=True, exist_ok=True)
     for mkey in args.interop_models:
         m = MODELS[mkey]
         for preset in [p for p in args.presets if p in m["keep"]]:
             key = f"{mkey}/{preset}"
-            if key in res["interop"] and not args.force:
+            if key in res[section] and not args.force:
                 print(f"{key}: done before (--force to redo)")
                 continue
-            name = f"{m['tag']}-{preset}.gguf"
-            lb_file, lc_file = lb_out / name, out / name
-            entry = {"preset": preset, "lowbit_file": str(lb_file), "llama_cpp_file": str(lc_file),
-                     "chunks": args.chunks, "n_ctx": args.ctx_size}
-            print(f"{key}: lowbit quantize ...", end="", flush=True)
-            q = entry["lowbit_quantize"] = lowbit_quantize(args, m, preset, lb_file, [])
-            print(f" {q['wall_seconds']:.1f} s" + ("" if q["rc"] == 0 else " FAILED"), flush=True)
-            if q["rc"] == 0 and lb_file.exists():
-                entry["lowbit_file_bytes"] = lb_file.stat().st_size
-                plan = res["plans"].get(key, {}).get("lowbit", {})
-                entry["lowbit_file_bytes_est"] = plan.get("file_bytes_est")
-                lbt = file_types(lb_file)
-                entry["lowbit_file_vs_plan"] = diff_types(lbt, plan.get("types", {}))
-                if lc_file.exists():
-                    entry["file_mismatches"] = diff_types(lbt, file_types(lc_file))
+            yield m, preset, key
+
+
+def cmd_interop(args) -> int:
+    out, lb_out = Path(args.out), Path(args.lowbit_out)
+    res = load_results(args)
+    for m, preset, key in pending(args, res, "interop"):
+        name = f"{m['tag']}-{preset}.gguf"
+        lb_file, lc_file = lb_out / name, out / name
+        entry = {"preset": preset, "lowbit_file": str(lb_file), "llama_cpp_file": str(lc_file),
+                 "chunks": args.chunks, "n_ctx": args.ctx_size}
+        print(f"{key}: lowbit quantize ...", end="", flush=True)
+        q = entry["lowbit_quantize"] = lowbit_quantize(args, m, preset, lb_file, [])
+        print(f" {q['wall_seconds']:.1f} s" + ("" if q["rc"] == 0 else " FAILED"), flush=True)
+        if q["rc"] == 0 and lb_file.exists():
+            entry["lowbit_file_bytes"] = lb_file.stat().st_size
+            plan = res["plans"].get(key, {}).get("lowbit", {})
+            entry["lowbit_file_bytes_est"] = plan.get("file_bytes_est")
+            lbt = file_types(lb_file)
+            entry["lowbit_file_vs_plan"] = diff_types(lbt, plan.get("types", {}))
             if lc_file.exists():
-                entry["llama_cpp_file_bytes"] = lc_file.stat().st_size
-            for side, f in (("lowbit_file", lb_file), ("llama_cpp_file", lc_file)):
-                if f.exists() and (side != "lowbit_file" or q["rc"] == 0):
-                    ppl_both(args, res, m, f, f"{side}.{m['tag']}-{preset}", entry, side)
-            res["interop"][key] = entry
-            save_results(args, res)
+                entry["file_mismatches"] = diff_types(lbt, file_types(lc_file))
+        if lc_file.exists():
+            entry["llama_cpp_file_bytes"] = lc_file.stat().st_size
+        for side, f in (("lowbit_file", lb_file), ("llama_cpp_file", lc_file)):
+            if f.exists() and (side != "lowbit_file" or q["rc"] == 0):
+                ppl_both(args, res, m, f, f"{side}.{m['tag']}-{preset}", entry, side)
+        res["interop"][key] = entry
+        save_results(args, res)
     return 0
 
 
@@ -491,41 +491,35 @@ def cmd_matched(args) -> int:
     lowbit's file differs from llama.cpp's only by the encoder."""
     out, lb_out = Path(args.out), Path(args.lowbit_out)
     res = load_results(args)
-    for mkey in args.interop_models:
-        m = MODELS[mkey]
-        for preset in [p for p in args.presets if p in m["keep"]]:
-            key = f"{mkey}/{preset}"
-            if key in res["matched"] and not args.force:
-                print(f"{key}: done before (--force to redo)")
-                continue
-            plan = res["plans"].get(key)
-            lc_file = out / f"{m['tag']}-{preset}.gguf"
-            if not plan or "mismatches" not in plan or not lc_file.exists():
-                print(f"{key}: no plan or no llama.cpp file; run `plans` first")
-                continue
-            if not plan["mismatches"]:
-                res["matched"][key] = {"same_plan": True, "lowbit_src": plan["lowbit"].get("lowbit_src")}
-                save_results(args, res)
-                print(f"{key}: plans equal (the interop step measures it)")
-                continue
-            f = lb_out / f"{m['tag']}-{preset}.llplan.gguf"
-            overrides = []
-            for x in plan["mismatches"]:
-                overrides += ["--tensor-type", f"^{re.escape(x['tensor'])}$={x['llama_cpp']}"]
-            entry = {"preset": preset, "file": str(f), "n_overrides": len(plan["mismatches"]),
-                     "chunks": args.chunks, "n_ctx": args.ctx_size}
-            print(f"{key}: lowbit quantize with llama.cpp's plan ({entry['n_overrides']} overrides) ...",
-                  end="", flush=True)
-            q = entry["lowbit_quantize"] = lowbit_quantize(args, m, preset, f, overrides)
-            print(f" {q['wall_seconds']:.1f} s" + ("" if q["rc"] == 0 else " FAILED"), flush=True)
-            if q["rc"] == 0 and f.exists():
-                entry["file_mismatches"] = diff_types(file_types(f), file_types(lc_file))
-                entry["file_bytes"] = f.stat().st_size
-                ppl_both(args, res, m, f, f"llplan.{m['tag']}-{preset}", entry, "file")
-                if not args.keep_matched:
-                    f.unlink()
-            res["matched"][key] = entry
+    for m, preset, key in pending(args, res, "matched"):
+        plan = res["plans"].get(key)
+        lc_file = out / f"{m['tag']}-{preset}.gguf"
+        if not plan or "mismatches" not in plan or not lc_file.exists():
+            print(f"{key}: no plan or no llama.cpp file; run `plans` first")
+            continue
+        if not plan["mismatches"]:
+            res["matched"][key] = {"same_plan": True, "lowbit_src": plan["lowbit"].get("lowbit_src")}
             save_results(args, res)
+            print(f"{key}: plans equal (the interop step measures it)")
+            continue
+        f = lb_out / f"{m['tag']}-{preset}.llplan.gguf"
+        overrides = []
+        for x in plan["mismatches"]:
+            overrides += ["--tensor-type", f"^{re.escape(x['tensor'])}$={x['llama_cpp']}"]
+        entry = {"preset": preset, "file": str(f), "n_overrides": len(plan["mismatches"]),
+                 "chunks": args.chunks, "n_ctx": args.ctx_size}
+        print(f"{key}: lowbit quantize with llama.cpp's plan ({entry['n_overrides']} overrides) ...",
+              end="", flush=True)
+        q = entry["lowbit_quantize"] = lowbit_quantize(args, m, preset, f, overrides)
+        print(f" {q['wall_seconds']:.1f} s" + ("" if q["rc"] == 0 else " FAILED"), flush=True)
+        if q["rc"] == 0 and f.exists():
+            entry["file_mismatches"] = diff_types(file_types(f), file_types(lc_file))
+            entry["file_bytes"] = f.stat().st_size
+            ppl_both(args, res, m, f, f"llplan.{m['tag']}-{preset}", entry, "file")
+            if not args.keep_matched:
+                f.unlink()
+        res["matched"][key] = entry
+        save_results(args, res)
     return 0
 
 

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from lowbit.eval.machine import cpu_name, describe  # noqa: F401  (re-exported)
+from lowbit.eval.machine import cpu_name, describe, pin_threads  # noqa: F401  (re-exported)
 
 
 def memory_bandwidth_gbs(n_bytes: int = 1 << 28, reps: int = 5) -> float:

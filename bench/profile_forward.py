@@ -10,8 +10,8 @@ for every call, its median (--robust min: its minimum) over the repetitions, and
 the rest: on a machine where other processes now and then stall one thread of a parallel loop
 for a scheduler time slice, that estimates what a quiet machine gives (the median when stalls
 are rare; the minimum, optimistic, when every long call is hit). The timers wrap the
-callables the forward pass looks up at run time (Linear.__call__, the functions of
-runtime.ops that runtime.model imported, Model.embed), so the profile needs no hooks in the
+callables the forward pass looks up at run time (Linear.__call__, the kernels' wrappers that
+runtime.model imported, Model.embed), so the profile needs no hooks in the
 model; "python + glue" is the wall time of the forward call minus everything timed, i.e. the
 interpreter, array reshapes and additions, the KV cache copies and the timers themselves
 (about 0.2 us per timed call). Each row gives ms per token (generation) or ms per prompt, its
@@ -31,15 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe, memory_bandwidth_gbs  # noqa: E402
+from machine import describe, memory_bandwidth_gbs, pin_threads  # noqa: E402
 
 from lowbit.eval.model_store import resolve_model  # noqa: E402
 from lowbit.eval.speed import synthetic_tokens  # noqa: E402
 from lowbit.runtime import model as model_mod  # noqa: E402
 from lowbit.runtime.model import Linear, Model  # noqa: E402
 
-OPS = ("rms_norm", "residual_norm", "qk_rope_store", "act_mul", "apply_rope", "attention", "rope_tables",
-       "quantize_for")
+OPS = ("rms_norm", "residual_norm", "qk_rope_store", "act_mul", "attention", "rope_tables", "quantize_for")
 
 
 def kind_of(name: str) -> str:
@@ -52,10 +51,6 @@ def kind_of(name: str) -> str:
 
 class Profile:
     def __init__(self):
-        self.seconds = defaultdict(float)
-        self.calls = defaultdict(int)
-        self.weights = defaultdict(int)      # weights multiplied (n_rows * n_cols per call)
-        self.bytes = defaultdict(int)        # quantized bytes read per call
         self.types = defaultdict(set)
         self.seq = []
         self.active = False
@@ -124,16 +119,6 @@ def instrument(prof: Profile):
 
         setattr(model_mod, name, timed)
         undo.append(lambda _n=name, _f=fn: setattr(model_mod, _n, _f))
-
-    acts = getattr(model_mod, "ACTIVATIONS", {})
-    for name, fn in list(acts.items()):
-        def timed_act(x, _fn=fn, _name=name):
-            t = time.perf_counter()
-            r = _fn(x)
-            prof.add(("op", f"activation ({_name})"), time.perf_counter() - t)
-            return r
-        acts[name] = timed_act
-        undo.append(lambda _n=name, _f=fn: acts.__setitem__(_n, _f))
 
     orig_embed = Model.embed
 
@@ -256,14 +241,7 @@ def main(argv=None):
                    help="per call, the median (or the minimum) over the repetitions: an estimate for "
                         "a quiet machine when other processes stall the threads of parallel loops")
     args = p.parse_args(argv)
-    numba.set_num_threads(args.threads)
-    try:
-        from lowbit.eval.machine import blas_pool
-        pool = blas_pool()
-        if pool is not None:
-            pool.set(1)
-    except Exception:
-        pool = None
+    pool = pin_threads(args.threads)
     print(f"machine: {describe(args.threads)}; BLAS threads {pool.get() if pool else '?'}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"memory copy bandwidth (numpy, read + write): {memory_bandwidth_gbs():.1f} GB/s")

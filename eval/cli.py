@@ -48,16 +48,12 @@ def set_threads(n: int | None) -> None:
     """numba's threads (-t); numpy's OpenBLAS pool always to one thread: its idle threads spin
     on the cores numba's parallel loops need next (measured 2-3x slower prompts with 2 BLAS
     threads on 2 cores; eval/speed.py). `lowbit bench` sets the pool itself (--blas-threads)."""
-    from .machine import blas_pool
-    pool = blas_pool()
-    if pool is not None:
-        pool.set(1)
-    if n is None:
-        return
     import numba
-    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+
+    from .machine import pin_threads
+    if n is not None and not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise UsageError(f"-t must be between 1 and {numba.config.NUMBA_NUM_THREADS} on this machine, not {n}")
-    numba.set_num_threads(n)
+    pin_threads(n)
 
 
 def load_model(name_or_path: str):
@@ -222,37 +218,12 @@ def cmd_imatrix(args) -> int:
     return 0
 
 
-def _dominant_type(src, recipe: dict[str, str]) -> str:
-    """The type holding the most bytes of a recipe: what general.file_type will say."""
-    from lowbit.quant.types import by_name
-    held = {}
-    for name, t in recipe.items():
-        info = src.tensors.get(name)
-        if info is None:
-            continue
-        try:
-            q = by_name(t)
-        except ValueError:
-            continue
-        held[q.name] = held.get(q.name, 0) + info.n_elements * q.type_size // q.block_size
-    return max(held, key=held.get) if held else "F32"
-
-
-def _recipe_from_file(args, src) -> tuple[dict[str, str], str]:
-    from lowbit.quant.allocate import read_recipe
-    return read_recipe(args.recipe), f"recipe {Path(args.recipe).name}"
-
-
 def _recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     """Measure (or reuse) the sensitivity table, allocate under the budget, write the recipe."""
-    import numpy as np
-
-    from lowbit.quant.allocate import write_recipe
-    from lowbit.quant.quantize_model import check_imatrix, check_requantize, make_plan
-    from lowbit.quant.recipes import PlanOptions
+    from lowbit.quant.quantize_model import check_imatrix, check_requantize
+    from lowbit.quant.recipes import is_quantizable
     from lowbit.quant.types import by_name
-    from .dynamic import allocate_for_budget, budget_from, recipe_header, recipe_rows
-    from .sensitivity import load_or_build
+    from .dynamic import budget_label, plan_for_budget
 
     if im is None or not args.calib:
         raise UsageError("--target-bpw and --target-size need --imatrix FILE and --calib TEXT "
@@ -262,45 +233,36 @@ def _recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     recipe_path = Path(args.write_recipe or args.output + ".recipe")
     if not recipe_path.parent.exists():
         raise UsageError(f"the directory {recipe_path.parent} for the recipe does not exist")
-    candidates_plan = make_plan(src, PlanOptions("Q8_0"))
-    check_imatrix(src, candidates_plan, im)
+    names = [n for n, t in src.tensors.items() if is_quantizable(n, t.shape)]
+    check_imatrix(src, names, im)
     # any tensor may change type under a budget: refuse before the minutes of measurement
-    check_requantize(src, [c.name for c in candidates_plan], args.allow_requantize)
-    budget = budget_from(src, args.target_bpw, args.target_size)
-    model, tokenizer = load_model(str(src.path))
-    tokens = tokenizer.encode(read_text(args.calib), add_special=True)
-    if len(tokens) < args.sensitivity_tokens:
-        raise UsageError(f"the calibration text has {len(tokens)} tokens, fewer than "
-                         f"--sensitivity-tokens {args.sensitivity_tokens}")
-    sample = np.asarray(tokens[:args.sensitivity_tokens], dtype=np.int64)
+    check_requantize(src, names, args.allow_requantize)
+    candidates = None
+    if args.candidates:
+        candidates = [by_name(t.strip()).name for t in args.candidates.split(",") if t.strip()]
     bar = progress_bar("sensitivity", unit="step")
 
     def step(text):
         bar.set_postfix_str(text)
         bar.update(1)
 
-    candidates = None
-    if args.candidates:
-        candidates = [by_name(t.strip()).name for t in args.candidates.split(",") if t.strip()]
-    table = load_or_build(src, lambda: model, im, args.imatrix, sample, progress=step, candidates=candidates)
+    table, alloc = plan_for_budget(src, im, args.imatrix, read_text(args.calib), args.sensitivity_tokens,
+                                   recipe_path, args.target_bpw, args.target_size, candidates, step)
     bar.close()
-    alloc = allocate_for_budget(src, table, budget)
-    what = (f"--target-bpw {args.target_bpw}" if args.target_bpw is not None
-            else f"--target-size {args.target_size}")
-    write_recipe(recipe_path, recipe_rows(table, alloc), recipe_header(src, table, alloc, what))
     rc = table.rank_correlation
     print(f"sensitivity: {len(table.tensors)} tensors, {table.sample_tokens} tokens, {table.seconds:.0f} s; "
           f"held-out Spearman: error alone {rc.get('error_alone', float('nan')):.3f}, x kind gain "
           f"{rc.get('error_times_kind_gain', float('nan')):.3f}, x tensor gain "
           f"{rc.get('error_times_tensor_gain', float('nan')):.3f} ({rc.get('pairs', 0)} pairs)")
     print(f"wrote the recipe {recipe_path}: predicted KLD {alloc.predicted_kld:.4g}")
-    return alloc.types, what
+    return alloc.types, budget_label(args.target_bpw, args.target_size)
 
 
 def cmd_quantize(args) -> int:
     from lowbit.quant import imatrix as imx
     from lowbit.quant.gguffile import open_gguf
     from lowbit.quant.quantize_model import quantize_model
+    from lowbit.quant.allocate import read_recipe
     from lowbit.quant.recipes import PlanOptions
     from .model_store import resolve_model
 
@@ -333,8 +295,9 @@ def cmd_quantize(args) -> int:
         if overrides or args.pure or args.output_tensor_type or args.token_embedding_type:
             raise UsageError("--tensor-type, --pure and the output/embedding types go with TYPE, not with "
                              "a budget or a recipe (edit the recipe instead)")
-        recipe, label = (_recipe_from_file(args, src) if args.recipe else _recipe_for_budget(args, src, im))
-        opts = PlanOptions(_dominant_type(src, recipe), recipe=recipe)
+        recipe, label = ((read_recipe(args.recipe), f"recipe {Path(args.recipe).name}") if args.recipe
+                         else _recipe_for_budget(args, src, im))
+        opts = PlanOptions(None, recipe=recipe)
     total = sum(t.n_elements for t in src.tensors.values())
     bar = progress_bar(f"quantize {label}", total=total, unit="w", disable=args.dry_run)
     summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
@@ -384,7 +347,7 @@ def cmd_bench(args) -> int:
             bar.set_postfix_str(stage)
         bar.update(n)
 
-    results = speed.bench(paths, threads, prompts, gens, reps, set_threads, cold=args.cold,
+    results = speed.bench(paths, threads, prompts, gens, reps, cold=args.cold,
                           startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress)
     bar.close()
     print(json.dumps(results, indent=2) if args.json else speed.format_table(results))

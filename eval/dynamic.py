@@ -7,14 +7,18 @@ against it. The plan is written as a recipe file (quant/allocate.py) that `--rec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from lowbit.quant.allocate import AllocationError, Candidate, allocate
+import numpy as np
+
+from lowbit.quant.allocate import AllocationError, Candidate, allocate, write_recipe
 from lowbit.quant.gguffile import GGUFFile
+from lowbit.quant.imatrix import ImportanceMatrix
 from lowbit.quant.recipes import is_quantizable
 
-from .sensitivity import SensitivityTable
-
-MiB = 2 ** 20
+from .report import MiB
+from .sensitivity import SensitivityTable, load_or_build
 
 
 @dataclass
@@ -23,7 +27,6 @@ class Allocation:
     predicted: dict[str, float]      # tensor -> predicted KLD of its choice
     tensor_bytes: int                # all tensors, the F32 ones included
     n_params: int
-    budget_bytes: int
 
     @property
     def bpw(self) -> float:
@@ -32,13 +35,6 @@ class Allocation:
     @property
     def predicted_kld(self) -> float:
         return sum(self.predicted.values())
-
-    def dominant_type(self, table: SensitivityTable) -> str:
-        by = {}
-        for tc in table.tensors:
-            t = self.types[tc.name]
-            by[t] = by.get(t, 0) + tc.bytes[t]
-        return max(by, key=by.get)
 
 
 def fixed_bytes(src: GGUFFile) -> tuple[int, int]:
@@ -70,7 +66,7 @@ def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int) -> 
             f"bits per weight ({smallest / MiB:.2f} MiB of tensors)") from None
     used = sum(c.n_bytes for c in chosen.values()) + fixed
     return Allocation({n: c.type for n, c in chosen.items()}, {n: c.cost for n, c in chosen.items()},
-                      used, n_params, budget + fixed)
+                      used, n_params)
 
 
 def recipe_rows(table: SensitivityTable, alloc: Allocation) -> list[tuple[str, str, str]]:
@@ -90,3 +86,30 @@ def recipe_header(src: GGUFFile, table: SensitivityTable, alloc: Allocation, wha
             f"(Spearman, {rc.get('pairs', 0)} pairs) of the predicted cost: "
             f"{rc.get('error_times_tensor_gain', float('nan')):.3f}",
             "edit freely: one tensor per line, TENSOR TYPE; apply with lowbit quantize IN OUT --recipe FILE"]
+
+
+def budget_label(target_bpw: float | None, target_size: int | None) -> str:
+    return f"--target-bpw {target_bpw:g}" if target_bpw is not None else f"--target-size {target_size}"
+
+
+def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_text: str, n_tokens: int,
+                    recipe_path: Path, target_bpw: float | None = None, target_size: int | None = None,
+                    candidates: list[str] | None = None,
+                    progress: Callable[[str], None] = lambda s: None) -> tuple[SensitivityTable, Allocation]:
+    """The whole pipeline behind --target-bpw/--target-size and `ladder --allocate`: the budget
+    checked, the sensitivity table measured on the first n_tokens of calib_text (or read from
+    the cache, without loading the model), the allocation, and its recipe written."""
+    from lowbit.runtime.model import Model
+    from lowbit.runtime.tokenizer import Tokenizer
+
+    budget = budget_from(src, target_bpw, target_size)
+    tokens = Tokenizer(src.metadata).encode(calib_text, add_special=True)
+    if len(tokens) < n_tokens:
+        raise AllocationError(f"the calibration text has {len(tokens)} tokens, fewer than the "
+                              f"{n_tokens} the sensitivity measurement takes (--sensitivity-tokens)")
+    sample = np.asarray(tokens[:n_tokens], dtype=np.int64)
+    table = load_or_build(src, lambda: Model(src), im, im_path, sample, progress=progress, candidates=candidates)
+    alloc = allocate_for_budget(src, table, budget)
+    write_recipe(recipe_path, recipe_rows(table, alloc),
+                 recipe_header(src, table, alloc, budget_label(target_bpw, target_size)))
+    return table, alloc

@@ -44,13 +44,21 @@ def normalised_blocks(base_logp16: np.ndarray):
         yield s, lp
 
 
+def kl_divergence(log_p: np.ndarray, log_q: np.ndarray, p: np.ndarray | None = None) -> np.ndarray:
+    """KL(p || q) per row from log-probabilities (p = exp(log_p), passed in when it is reused),
+    clamped at 0 against rounding."""
+    if p is None:
+        p = np.exp(log_p)
+    return np.maximum((p * (log_p - log_q)).sum(axis=1), 0.0)
+
+
 def kl_rows(base_logp16: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """KL(base || q) per row, from the stored f16 base log-probabilities and the model's
     float64 log-probabilities."""
     out = np.empty(len(log_q))
     for s, lp in normalised_blocks(base_logp16):
-        out[s:s + len(lp)] = (np.exp(lp) * (lp - log_q[s:s + len(lp)])).sum(axis=1)
-    return np.maximum(out, 0.0)
+        out[s:s + len(lp)] = kl_divergence(lp, log_q[s:s + len(lp)])
+    return out
 
 
 class BaseWriter:
@@ -147,7 +155,7 @@ class KLDStats:
         for s, lp in normalised_blocks(self.base.chunk(chunk_index)):
             e = s + len(lp)
             lq = log_probs[s:e]
-            kl[s:e] = np.maximum((np.exp(lp) * (lp - lq)).sum(axis=1), 0.0)
+            kl[s:e] = kl_divergence(lp, lq)
             same[s:e] = np.argmax(lq, axis=1) == np.argmax(lp, axis=1)
             rows = np.arange(len(lp))
             dp[s:e] = np.exp(lq[rows, targets[s:e]]) - np.exp(lp[rows, targets[s:e]])

@@ -28,6 +28,8 @@ from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
+from .report import alloc_budget, alloc_name
+
 RESULTS = "results.json"
 
 
@@ -94,12 +96,6 @@ class Entry:
     def key(self) -> str:
         return f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
 
-
-ALLOC = "alloc-"
-
-
-def alloc_name(bpw: float) -> str:
-    return f"{ALLOC}{bpw:g}bpw"
 
 
 def entries_to_run(cfg: LadderConfig) -> list[Entry]:
@@ -211,8 +207,7 @@ class Ladder:
             return
         self.stage(f"{what}: speed")
         rows = bench([path], [c.threads], [c.bench_prompt] if c.bench_prompt else [],
-                     [c.bench_gen] if c.bench_gen else [], c.bench_reps, self.set_threads,
-                     startup_runs=False)
+                     [c.bench_gen] if c.bench_gen else [], c.bench_reps, startup_runs=False)
         speed = {"settings": wanted}
         for r in rows:
             speed["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
@@ -220,23 +215,12 @@ class Ladder:
 
     def allocated_options(self, src, bpw: float, im) -> PlanOptions:
         """The per-tensor plan for bpw from the sensitivity table; its recipe goes to the out dir."""
-        import numpy as np
-
-        from lowbit.quant.allocate import write_recipe
-
-        from .dynamic import allocate_for_budget, budget_from, recipe_header, recipe_rows
-        from .loading import load_model
-        from .sensitivity import load_or_build
+        from .dynamic import plan_for_budget
         c = self.cfg
-        model, tok = load_model(c.model)
-        tokens = tok.encode(c.calib_text.read_text(encoding="utf-8"), add_special=True)
-        sample = np.asarray(tokens[:c.sensitivity_tokens], dtype=np.int64)
         self.stage(f"{alloc_name(bpw)}: sensitivity")
-        table = load_or_build(src, lambda: model, im, str(c.imatrix_path()), sample, progress=lambda s: None)
-        alloc = allocate_for_budget(src, table, budget_from(src, bpw, None))
-        write_recipe(c.out_dir / f"{alloc_name(bpw)}.recipe", recipe_rows(table, alloc),
-                     recipe_header(src, table, alloc, f"--target-bpw {bpw:g}"))
-        return PlanOptions(alloc.dominant_type(table), recipe=alloc.types)
+        _, alloc = plan_for_budget(src, im, str(c.imatrix_path()), c.calib_text.read_text(encoding="utf-8"),
+                                   c.sensitivity_tokens, c.out_dir / f"{alloc_name(bpw)}.recipe", target_bpw=bpw)
+        return PlanOptions(None, recipe=alloc.types)
 
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
@@ -244,8 +228,9 @@ class Ladder:
         out = c.out_dir / f"{c.model.stem}-{entry.type}{suffix}.gguf"
         src = open_gguf(c.model)
         try:
-            if entry.type.startswith(ALLOC):
-                opts = self.allocated_options(src, float(entry.type[len(ALLOC):-3]), im)
+            budget = alloc_budget(entry.type)
+            if budget is not None:
+                opts = self.allocated_options(src, budget, im)
                 default = None
             else:
                 opts = PlanOptions(entry.type)

@@ -89,3 +89,15 @@ def blas_pool() -> BlasPool | None:
                 setter.restype, getter.restype = None, ctypes.c_int
                 return BlasPool(path, setter, getter)
     return None
+
+
+def pin_threads(numba_threads: int | None, blas_threads: int = 1) -> BlasPool | None:
+    """numba's pool to numba_threads (None: leave it) and numpy's OpenBLAS pool to blas_threads,
+    where it can be reached; returns the BLAS pool (None if not found)."""
+    pool = blas_pool()
+    if pool is not None:
+        pool.set(blas_threads)
+    if numba_threads is not None:
+        import numba
+        numba.set_num_threads(numba_threads)
+    return pool

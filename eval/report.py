@@ -47,8 +47,20 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+ALLOC = "alloc-"   # ladder entries that are lowbit's own mixes: "alloc-<budget>bpw"
+
+
+def alloc_name(bpw: float) -> str:
+    return f"{ALLOC}{bpw:g}bpw"
+
+
+def alloc_budget(type_name: str) -> float | None:
+    """The bits-per-weight budget of a mix's entry name, None for a preset."""
+    return float(type_name[len(ALLOC):-len("bpw")]) if type_name.startswith(ALLOC) else None
+
+
 def is_allocated(e: dict) -> bool:
-    return e["type"].startswith("alloc-")
+    return alloc_budget(e["type"]) is not None
 
 
 def _type_bpw(e: dict) -> str:
@@ -155,7 +167,7 @@ def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = No
         for e in mixes:
             by_point.setdefault((round(e["bpw"], 3), round(y[id(e)], 6)), []).append(e)
         for same in by_point.values():
-            budgets = ", ".join(e["type"][len("alloc-"):-len("bpw")] for e in same)
+            budgets = ", ".join(f"{alloc_budget(e['type']):g}" for e in same)
             ax.annotate(f"{same[0]['bpw']:.2f} bpw mix (budget {budgets})", (same[0]["bpw"], y[id(same[0])]),
                         fontsize=7, xytext=(4, 6), textcoords="offset points", color="C2")
     for i, series in enumerate(extra or []):

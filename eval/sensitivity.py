@@ -37,6 +37,7 @@ from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import is_quantizable
 from lowbit.quant.types import by_name
 
+from .kld import kl_divergence
 from .perplexity import log_softmax_rows
 
 # The types the allocator chooses among (those a row length cannot take are left out per tensor).
@@ -114,6 +115,7 @@ class SensitivityProbe:
         self.model = model
         self.sample = sample
         self.base = self._log_probs()
+        self.base_p = np.exp(self.base)   # once: every probe compares against it
 
     def _log_probs(self) -> np.ndarray:
         logits = self.model.forward(self.sample, self.model.new_cache(len(self.sample)), logits_from=0)
@@ -127,8 +129,7 @@ class SensitivityProbe:
             lq = self._log_probs()
         finally:
             self.model.swap_matrix(name, old)
-        p = np.exp(self.base)
-        return float(np.maximum((p * (self.base - lq)).sum(axis=1), 0.0).mean())
+        return float(kl_divergence(self.base, lq, self.base_p).mean())
 
 
 def _error(rows: np.ndarray, qtype, imp: np.ndarray | None) -> float:

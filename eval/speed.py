@@ -34,6 +34,7 @@ write), and with cold=True also with LOWBIT_CACHE_DIR pointing at a fresh, empty
 from __future__ import annotations
 
 import datetime as _dt
+from contextlib import contextmanager
 import json
 import os
 import resource
@@ -296,94 +297,94 @@ def versions() -> dict:
             "numba": numba.__version__, "llvmlite": llvmlite.__version__}
 
 
-def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[int], reps: int,
-          set_threads: Callable[[int], None], cold: bool = False, startup_runs: bool = True,
-          blas_threads: int = 1, progress: Callable[[str, int], None] | None = None) -> list[dict]:
-    """Benchmark each model at each thread count; one result dict per (model, threads, test).
-
-    set_threads(n) sets numba's threads. numpy's BLAS pool (the attention's matmuls) is set to
-    blas_threads for the run and restored afterwards (see the module docstring for why 1 is the
-    default). "rss_after_imports" is the resident set when the call begins: in `lowbit bench`,
-    after the imports and before any model is loaded.
-    """
-    from lowbit.runtime.model import Model
-
+@contextmanager
+def blas_threads_set(n: int):
+    """numpy's BLAS pool at n threads inside the block, as it was afterwards; yields the pool."""
     from .machine import blas_pool
-
     pool = blas_pool()
     before = pool.get() if pool is not None else None
+    if pool is not None:
+        pool.set(n)
     try:
-        if pool is not None:
-            pool.set(blas_threads)
-        return _bench(Model, pool, paths, threads, prompts, gens, reps, set_threads, cold,
-                      startup_runs, blas_threads, progress or (lambda stage, n: None))
+        yield pool
     finally:
         if pool is not None:
             pool.set(before)
 
 
-def _bench(Model, pool, paths, threads, prompts, gens, reps, set_threads, cold, startup_runs,
-           blas_threads, progress) -> list[dict]:
+def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[int], reps: int,
+          cold: bool = False, startup_runs: bool = True, blas_threads: int = 1,
+          progress: Callable[[str, int], None] | None = None) -> list[dict]:
+    """Benchmark each model at each thread count (numba's threads; the caller has checked the
+    counts); one result dict per (model, threads, test). numpy's BLAS pool (the attention's
+    matmuls) runs at blas_threads meanwhile (see the module docstring for why 1 is the default).
+    "rss_after_imports" is the resident set when the call begins: in `lowbit bench`, after the
+    imports and before any model is loaded.
+    """
     import gc
 
     import numba
 
+    from lowbit.runtime.model import Model
+
     from .machine import cpu_name
 
-    tests = tests_for(prompts, gens)
-    rss_imports = rss_bytes()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    common = {"cpu_info": cpu_name(), "n_cores": os.cpu_count(),
-              **{f"{k}_version": v for k, v in versions().items()}, "blas": pool.name if pool else None,
-              "load_average": list(load) if load else None}
-    results = []
-    for path in paths:
-        starts = []
-        if startup_runs:
-            progress(f"{Path(path).name}: start-up", 0)
-            starts.append(startup(path, threads[0], fresh_cache=False, blas_threads=blas_threads))
-            if cold:
-                progress(f"{Path(path).name}: cold start-up", 0)
-                starts.append(startup(path, threads[0], fresh_cache=True, blas_threads=blas_threads))
-        gc.collect()
-        peak_reset = reset_peak_rss()
-        model = Model.load(path)
-        info = model_info(model.gguf)
-        longest = max([t.n for t in tests], default=1)
-        tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, longest)
-        cache = model.new_cache(longest)
-        rows = []
-        for n_threads in threads:
-            set_threads(n_threads)
-            for test in tests:
-                progress(f"{info.label} t={n_threads} {test.name}", 0)
-                seconds = run_test(model, cache, tokens, test, reps, lambda: progress("", 1))
-                tps = [test.n / s for s in seconds]
-                avg_ts, std_ts = mean_std(tps)
-                avg_s, std_s = mean_std(seconds)
-                rows.append({
-                    **common, "numba_threading_layer": _threading_layer(numba),
-                    "n_blas_threads": pool.get() if pool else None,
-                    "model_filename": str(info.path), "model_name": info.name, "model_arch": info.arch,
-                    "model_type": info.label,
-                    "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
-                    "n_threads": numba.get_num_threads(), "test": test.name,
-                    "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
-                    "reps": reps, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "avg_ns": round(avg_s * 1e9), "stddev_ns": round(std_s * 1e9),
-                    "avg_ts": avg_ts, "stddev_ts": std_ts,
-                    "samples_ns": [round(s * 1e9) for s in seconds], "samples_ts": tps,
-                })
-        memory = {"rss_after_imports": rss_imports, "peak_rss": peak_rss_bytes(),
-                  "peak_is_per_model": peak_reset}
-        memory["peak_above_imports"] = memory["peak_rss"] - rss_imports
-        for r in rows:
-            r["memory"] = memory
-            r["startup"] = starts
-        results += rows
-        del model, cache
-        gc.collect()
-    return results
+    progress = progress or (lambda stage, n: None)
+    with blas_threads_set(blas_threads) as pool:
+        tests = tests_for(prompts, gens)
+        rss_imports = rss_bytes()
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        common = {"cpu_info": cpu_name(), "n_cores": os.cpu_count(),
+                  **{f"{k}_version": v for k, v in versions().items()}, "blas": pool.name if pool else None,
+                  "load_average": list(load) if load else None}
+        results = []
+        for path in paths:
+            starts = []
+            if startup_runs:
+                progress(f"{Path(path).name}: start-up", 0)
+                starts.append(startup(path, threads[0], fresh_cache=False, blas_threads=blas_threads))
+                if cold:
+                    progress(f"{Path(path).name}: cold start-up", 0)
+                    starts.append(startup(path, threads[0], fresh_cache=True, blas_threads=blas_threads))
+            gc.collect()
+            peak_reset = reset_peak_rss()
+            model = Model.load(path)
+            info = model_info(model.gguf)
+            longest = max([t.n for t in tests], default=1)
+            tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, longest)
+            cache = model.new_cache(longest)
+            rows = []
+            for n_threads in threads:
+                numba.set_num_threads(n_threads)
+                for test in tests:
+                    progress(f"{info.label} t={n_threads} {test.name}", 0)
+                    seconds = run_test(model, cache, tokens, test, reps, lambda: progress("", 1))
+                    tps = [test.n / s for s in seconds]
+                    avg_ts, std_ts = mean_std(tps)
+                    avg_s, std_s = mean_std(seconds)
+                    rows.append({
+                        **common, "numba_threading_layer": _threading_layer(numba),
+                        "n_blas_threads": pool.get() if pool else None,
+                        "model_filename": str(info.path), "model_name": info.name, "model_arch": info.arch,
+                        "model_type": info.label,
+                        "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
+                        "n_threads": numba.get_num_threads(), "test": test.name,
+                        "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
+                        "reps": reps, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "avg_ns": round(avg_s * 1e9), "stddev_ns": round(std_s * 1e9),
+                        "avg_ts": avg_ts, "stddev_ts": std_ts,
+                        "samples_ns": [round(s * 1e9) for s in seconds], "samples_ts": tps,
+                    })
+            memory = {"rss_after_imports": rss_imports, "peak_rss": peak_rss_bytes(),
+                      "peak_is_per_model": peak_reset}
+            memory["peak_above_imports"] = memory["peak_rss"] - rss_imports
+            for r in rows:
+                r["memory"] = memory
+                r["startup"] = starts
+            results += rows
+            del model, cache
+            gc.collect()
+        return results
 
 
 def _threading_layer(numba) -> str | None:

@@ -56,3 +56,10 @@ def u32(w, o):
 def f16(w, o):
     """The f16 stored little-endian at byte `o` of `w`, as f32."""
     return f16_bits_to_f32(u16(w, o))
+
+
+@njit(inline="always")
+def packed_nibble(w, at, j):
+    """Value j of 4-bit values packed two to a byte from `at`, low nibble first (the sub-block
+    scales of IQ2_XS, IQ2_S, IQ3_S and IQ4_XS)."""
+    return (w[at + j // 2] >> (4 * (j % 2))) & 15

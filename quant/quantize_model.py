@@ -12,7 +12,8 @@ from .decode import dequantize
 from .encode import quantize
 from .gguffile import GGUFFile
 from .imatrix import ImportanceMatrix
-from .recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError, plan, resolve_target
+from .recipes import (NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError,
+                      file_type_of, plan, resolve_target)
 from .writer import TensorSpec, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -49,15 +50,16 @@ def make_plan(src: GGUFFile, opts: PlanOptions) -> list[Choice]:
     return plan(tensors, model_shape(src), opts)
 
 
-def check_imatrix(src: GGUFFile, choices: list[Choice], im: ImportanceMatrix) -> None:
+def check_imatrix(src: GGUFFile, names: list[str], im: ImportanceMatrix) -> None:
+    """The importance matrix must be this model's: its entries for these tensors fit their rows."""
     matched = 0
-    for c in choices:
-        imp = im.importance(c.name)
+    for name in names:
+        imp = im.importance(name)
         if imp is None:
             continue
-        n_cols = src.tensors[c.name].n_cols
+        n_cols = src.tensors[name].n_cols
         if imp.size != n_cols:
-            raise QuantizeError(f"the importance matrix entry {c.name} has {imp.size} columns but the "
+            raise QuantizeError(f"the importance matrix entry {name} has {imp.size} columns but the "
                                 f"tensor has {n_cols}: the importance matrix is for another model")
         matched += 1
     if matched == 0:
@@ -78,8 +80,8 @@ def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: Impo
                allow_requantize: bool) -> None:
     changed = [c for c in choices if c.qtype.name != src.tensors[c.name].qtype.name]
     check_requantize(src, [c.name for c in changed], allow_requantize)
-    preset = resolve_target(opts.target)[0].name
-    if opts.recipe is None and preset in PRESETS_NEEDING_IMATRIX and im is None:
+    preset = resolve_target(opts.target)[0].name if opts.recipe is None else None
+    if preset in PRESETS_NEEDING_IMATRIX and im is None:
         raise QuantizeError(f"{preset} needs an importance matrix, as in llama.cpp: pass --imatrix FILE "
                             f"(make one with `lowbit imatrix`)")
     for c in changed:
@@ -116,6 +118,17 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
     return produce
 
 
+def file_type(opts: PlanOptions, specs: list[TensorSpec]) -> int:
+    """general.file_type: the preset's; for a recipe, that of the type holding the most bytes."""
+    if opts.recipe is None:
+        return resolve_target(opts.target)[0].file_type
+    held = {}
+    for spec in specs:
+        held[spec.qtype.name] = held.get(spec.qtype.name, 0) + spec.n_bytes
+    quantized = {t: n for t, n in held.items() if t != "F32"} or held
+    return file_type_of(max(quantized, key=quantized.get))
+
+
 def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
                    im: ImportanceMatrix | None = None, allow_requantize: bool = False,
                    dry_run: bool = False, imatrix_path: str | None = None,
@@ -124,12 +137,11 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
     out_path = Path(out_path)
     opts.has_imatrix = im is not None
     try:
-        preset, _ = resolve_target(opts.target)
         choices = make_plan(src, opts)
     except RecipeError as e:
         raise QuantizeError(str(e)) from None
     if im is not None:
-        check_imatrix(src, choices, im)
+        check_imatrix(src, [c.name for c in choices], im)
     check_plan(src, choices, opts, im, allow_requantize)
     summary = QuantizeSummary(choices, sum(src.tensors[c.name].n_elements for c in choices), 0)
     specs = []
@@ -146,7 +158,7 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
         raise QuantizeError(f"the output directory {out_path.parent} does not exist")
     metadata = {k: v for k, v in src.metadata.items() if not k.startswith("quantize.imatrix.")}
     types = dict(src.metadata_types)
-    metadata["general.file_type"] = preset.file_type
+    metadata["general.file_type"] = file_type(opts, specs)
     types["general.file_type"] = (4, None)
     metadata["general.quantization_version"] = 2
     types["general.quantization_version"] = (4, None)

@@ -71,7 +71,17 @@ def resolve_target(name: str) -> tuple[Preset, bool]:
         qtype = by_name(key)
     except ValueError:
         raise RecipeError(f"unknown type or preset {name!r}; presets: {', '.join(PRESETS)}") from None
-    return Preset(qtype.name, PRESETS.get(qtype.name, PRESETS["F16"]).file_type, qtype.name), False
+    return Preset(qtype.name, file_type_of(qtype.name), qtype.name), False
+
+
+def file_type_of(type_name: str) -> int:
+    """general.file_type of a file made mostly of this type: the ftype of llama.cpp's preset of
+    that name, or of its _M mix for Q3_K, Q4_K and Q5_K (as llama-quantize takes them); F16's
+    for a type with no preset (MXFP4)."""
+    for key in (type_name, type_name + "_M"):
+        if key in PRESETS:
+            return PRESETS[key].file_type
+    return PRESETS["F16"].file_type
 
 
 def is_quantizable(name: str, shape: tuple[int, ...]) -> bool:
@@ -231,7 +241,7 @@ def fit_rows(qtype: QuantType, n_cols: int) -> tuple[QuantType, str]:
 
 @dataclass
 class PlanOptions:
-    target: str
+    target: str | None                       # a type or preset; None with a recipe
     pure: bool = False
     has_imatrix: bool = False
     output_type: str | None = None
@@ -242,6 +252,8 @@ class PlanOptions:
 
 def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: PlanOptions) -> list[Choice]:
     """The type of every tensor, in file order, with the reason for it."""
+    if opts.recipe is not None:
+        return plan_from_recipe(tensors, opts.recipe)
     preset, is_mix = resolve_target(opts.target)
     patterns = []
     for rx, tname in opts.overrides:
@@ -250,8 +262,6 @@ def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: Pl
         except re.error as e:
             raise RecipeError(f"--tensor-type pattern {rx!r} is not a valid regex: {e}") from None
     shape.n_attn_v = sum(1 for n, _ in tensors if "attn_v.weight" in n)
-    if opts.recipe is not None:
-        return plan_from_recipe(tensors, opts.recipe)
     st = RuleState()
     out = []
     for name, tshape in tensors:

@@ -66,11 +66,10 @@ class LinearGroup:
         self.linears = linears
         mats = [lin.matrix for lin in linears]
         self.stacked = StackedMatrix(mats) if StackedMatrix.can_stack(mats) else None
-        biases = [lin.bias for lin in linears]
-        self.bias = None
-        if any(b is not None for b in biases):
-            self.bias = np.concatenate([np.zeros(m.n_rows, np.float32) if b is None else b
-                                        for b, m in zip(biases, mats)]).astype(np.float32)
+        self.bias = None      # the stacked product's bias (unstacked, each Linear adds its own)
+        if self.stacked is not None and any(lin.bias is not None for lin in linears):
+            self.bias = np.concatenate([np.zeros(lin.matrix.n_rows, np.float32) if lin.bias is None else lin.bias
+                                        for lin in linears])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.stacked is None:
@@ -117,12 +116,6 @@ class KVCache:
         self.v = np.zeros((cfg.n_layer, cfg.n_head_kv, n_alloc, cfg.head_dim), dtype=np.float32)
         self.n_ctx = n_ctx
         self.n_past = 0
-
-    def store(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Keys and values (T, n_kv, head_dim) of positions pos0 .. pos0 + T - 1."""
-        n = k.shape[0]
-        self.kt[layer, :, :, pos0:pos0 + n] = k.transpose(1, 2, 0)
-        self.v[layer, :, pos0:pos0 + n, :] = v.transpose(1, 0, 2)
 
 
 class Model:

@@ -161,3 +161,20 @@ def test_forced_types_that_cannot_be_made_are_refused(tmp_path):
     done = lowbit("quantize", wide, out, "IQ2_XXS")
     assert done.returncode == 1 and "needs an importance matrix" in done.stderr
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_general_file_type_of_plain_types_and_recipes():
+    from lowbit.quant.quantize_model import file_type
+    from lowbit.quant.recipes import PRESETS, resolve_target
+    from lowbit.quant.types import by_name
+    # llama-quantize takes Q4_K as Q4_K_M: the file says so, not F16
+    assert resolve_target("Q4_K")[0].file_type == PRESETS["Q4_K_M"].file_type
+    assert resolve_target("IQ4_NL")[0].file_type == PRESETS["IQ4_NL"].file_type
+
+    def spec(n_rows, qtype):
+        return TensorSpec(f"t{n_rows}", (n_rows, 256), by_name(qtype), lambda: None)
+
+    # a recipe: the type holding the most bytes (F32 norms aside) names the file
+    specs = [spec(64, "Q3_K"), spec(16, "Q8_0"), spec(256, "F32")]
+    assert file_type(PlanOptions(None, recipe={}), specs) == PRESETS["Q3_K_M"].file_type
+    assert file_type(PlanOptions("Q2_K"), specs) == PRESETS["Q2_K"].file_type

@@ -26,11 +26,33 @@ def put_ternary8(y, at, dl, index, negative_delta):
 
 
 @njit(inline="always")
+def iq1s_scale(w, o, ib):
+    """The odd integer 2s + 1 scaling group ib of 32 (times the block's d)."""
+    return 2 * ((u16(w, o + 34 + 2 * ib) >> 12) & 7) + 1
+
+
+@njit(inline="always")
+def iq1m_d(w, o):
+    """IQ1_M's block scale: a float16 spread over the top nibbles of the four scale words."""
+    sc0 = u16(w, o + 48)
+    sc1 = u16(w, o + 50)
+    sc2 = u16(w, o + 52)
+    sc3 = u16(w, o + 54)
+    return f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+
+
+@njit(inline="always")
+def iq1m_scale(w, o, j):
+    """The odd integer 2s + 1 scaling sub-block j of 16 (times iq1m_d)."""
+    return 2 * ((u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7) + 1
+
+
+@njit(inline="always")
 def decode_iq1_s(w, o, y):
     d = f16(w, o)
     for ib in range(8):
         qh = u16(w, o + 34 + 2 * ib)
-        dl = d * np.float32(2 * ((qh >> 12) & 7) + 1)
+        dl = d * np.float32(iq1s_scale(w, o, ib))
         for l in range(4):
             index = w[o + 2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8)
             put_ternary8(y, 32 * ib + 8 * l, dl, index, qh & 0x8000)
@@ -38,14 +60,9 @@ def decode_iq1_s(w, o, y):
 
 @njit(inline="always")
 def decode_iq1_m(w, o, y):
-    sc0 = u16(w, o + 48)
-    sc1 = u16(w, o + 50)
-    sc2 = u16(w, o + 52)
-    sc3 = u16(w, o + 54)
-    d = f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+    d = iq1m_d(w, o)
     for i in range(32):
-        s = (u16(w, o + 48 + 2 * (i // 8)) >> (3 * ((i // 2) % 4))) & 7
-        dl = d * np.float32(2 * s + 1)
+        dl = d * np.float32(iq1m_scale(w, o, i // 2))
         h = (w[o + 32 + i // 2] >> (4 * (i % 2))) & 15
         put_ternary8(y, 8 * i, dl, w[o + i] | ((h & 7) << 8), h & 8)
 

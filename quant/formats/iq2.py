@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..bits import f16, u16, u32
+from ..bits import f16, packed_nibble, u16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f16
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
 from ..types import register
@@ -48,7 +48,7 @@ def decode_iq2_xxs(w, o, y):
     for ib in range(8):
         at = o + 2 + 8 * ib
         aux = u32(w, at + 4)
-        db = iq2_scale(d, aux >> 28)
+        db = iq2_scale(d, aux >> 28)   # the top 4 bits of each group's sign word
         for l in range(4):
             put_group8(y, 32 * ib + 8 * l, db, IQ2XXS_GRID, w[at + l], KSIGNS[(aux >> (7 * l)) & 127])
 
@@ -58,8 +58,7 @@ def decode_iq2_xs(w, o, y):
     d = f16(w, o)
     for i in range(32):
         q = u16(w, o + 2 + 2 * i)
-        s = (w[o + 66 + i // 4] >> (4 * ((i // 2) % 2))) & 15
-        put_group8(y, 8 * i, iq2_scale(d, s), IQ2XS_GRID, q & 511, KSIGNS[q >> 9])
+        put_group8(y, 8 * i, iq2_scale(d, packed_nibble(w, o + 66, i // 2)), IQ2XS_GRID, q & 511, KSIGNS[q >> 9])
 
 
 @njit(inline="always")
@@ -67,8 +66,7 @@ def decode_iq2_s(w, o, y):
     d = f16(w, o)
     for i in range(32):
         index = w[o + 2 + i] | (((w[o + 66 + i // 4] >> (2 * (i % 4))) & 3) << 8)
-        s = (w[o + 74 + i // 4] >> (4 * ((i // 2) % 2))) & 15
-        put_group8(y, 8 * i, iq2_scale(d, s), IQ2S_GRID, index, w[o + 34 + i])
+        put_group8(y, 8 * i, iq2_scale(d, packed_nibble(w, o + 74, i // 2)), IQ2S_GRID, index, w[o + 34 + i])
 
 
 # ---------------------------------------------------------------------------------------------

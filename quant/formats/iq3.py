@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..bits import f16, u32
+from ..bits import f16, packed_nibble, u32
 from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
 from ..types import register
@@ -38,11 +38,17 @@ def put_group4(y, at, db, grid, index, signs, first_sign):
 
 
 @njit(inline="always")
+def iq3xxs_scale(d, aux):
+    """The scale of a group of 32 from the block's d and the group's sign word (top 4 bits)."""
+    return d * (np.float32(0.5) + np.float32(aux >> 28)) * np.float32(0.5)
+
+
+@njit(inline="always")
 def decode_iq3_xxs(w, o, y):
     d = f16(w, o)
     for ib in range(8):
         aux = u32(w, o + 66 + 4 * ib)
-        db = d * (np.float32(0.5) + np.float32(aux >> 28)) * np.float32(0.5)
+        db = iq3xxs_scale(d, aux)
         for l in range(4):
             signs = KSIGNS[(aux >> (7 * l)) & 127]
             for h in range(2):
@@ -55,8 +61,7 @@ def decode_iq3_s(w, o, y):
     d = f16(w, o)
     for i in range(64):
         index = w[o + 2 + i] | (((w[o + 66 + i // 8] >> (i % 8)) & 1) << 8)
-        s = (w[o + 106 + i // 16] >> (4 * ((i // 8) % 2))) & 15
-        db = d * np.float32(1 + 2 * s)
+        db = d * np.float32(1 + 2 * packed_nibble(w, o + 106, i // 8))
         put_group4(y, 4 * i, db, IQ3S_GRID, index, w[o + 74 + i // 2], 4 * (i % 2))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..bits import f16, u16
+from ..bits import f16, packed_nibble, u16
 from ..encode_helpers import put_f16, put_u16, round_to_f16
 from ..tables import IQ4NL_VALUES
 from ..types import register
@@ -30,12 +30,16 @@ def decode_iq4_nl(w, o, y):
 
 
 @njit(inline="always")
+def iq4xs_scale(w, o, ib):
+    """The signed 6-bit scale of group ib of 32: low nibble packed, high 2 bits in a u16."""
+    return (packed_nibble(w, o + 4, ib) | (((u16(w, o + 2) >> (2 * ib)) & 3) << 4)) - 32
+
+
+@njit(inline="always")
 def decode_iq4_xs(w, o, y):
     d = f16(w, o)
-    scales_h = u16(w, o + 2)
     for ib in range(8):
-        s = ((w[o + 4 + ib // 2] >> (4 * (ib % 2))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4)
-        put_nl32(y, 32 * ib, w, o + 8 + 16 * ib, d * np.float32(s - 32))
+        put_nl32(y, 32 * ib, w, o + 8 + 16 * ib, d * np.float32(iq4xs_scale(w, o, ib)))
 
 
 # ---------------------------------------------------------------------------------------------

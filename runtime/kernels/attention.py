@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from lowbit.quant.jit_cache import cached_kernel
 
-from .simd import (add_f32x16, exp_f32x16, fma_f32x16, load1, load_f32x16, max_f32x16, mul_f32x16,
+from .simd import (add_f32x16, exp_f32x16, fma_f32x16, load1, load_f32x16, mul_f32x16,
                    reduce_add_f32x16, splat_f32, store_f32x16, zeros_f32x16)
 
 LANES = 16

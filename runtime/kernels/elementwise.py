@@ -203,7 +203,12 @@ def act_mul_kernel(gelu: bool, parallel: bool):
     return act_mul
 
 
+ACTIVATIONS = ("silu", "gelu")   # gelu: the tanh approximation
+
+
 def act_mul(gu, n_ff, kind):
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"act_mul: unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}")
     if gu.shape[1] != 2 * n_ff:
         raise ValueError(f"act_mul: gate|up of width {gu.shape[1]}, not 2 x {n_ff}")
     out = np.empty((gu.shape[0], n_ff), np.float32)

@@ -166,13 +166,12 @@ class StackedMatrix:
 
     def __init__(self, matrices: list[QuantMatrix]):
         first = matrices[0]
-        for m in matrices:
-            if not m.integer or m.n_cols != first.n_cols or m.kernel_key != first.kernel_key or m.n_rows % GROUP:
-                raise KernelError(f"{m.name} cannot be stacked with {first.name}")
+        if not self.can_stack(matrices):
+            raise KernelError(f"{', '.join(m.name for m in matrices)} cannot be stacked: each must be an "
+                              f"integer matrix of {first.n_cols} columns, whole row groups and one kernel layout")
         self.matrices = list(matrices)
         self.n_cols = first.n_cols
         self.n_rows = sum(m.n_rows for m in matrices)
-        self.bounds = np.cumsum([0] + [m.n_rows for m in matrices]).tolist()
         self._arrays = None
         self._kernels = {}
 
@@ -197,7 +196,7 @@ class StackedMatrix:
         self._arrays = (q, scale, mn, offsets)
 
     def matmul_quantized(self, qa: QuantizedActivations) -> np.ndarray:
-        """(T, n_rows) for all the matrices; split with `bounds`."""
+        """(T, n_rows): the matrices' outputs side by side."""
         if qa.n_cols != self.n_cols:
             raise KernelError(f"stacked matrices take activations of shape (T, {self.n_cols}), "
                               f"got (T, {qa.n_cols})")
@@ -210,6 +209,3 @@ class StackedMatrix:
         out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
         kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
-
-    def split(self, y: np.ndarray) -> list[np.ndarray]:
-        return [y[:, a:b] for a, b in zip(self.bounds[:-1], self.bounds[1:])]

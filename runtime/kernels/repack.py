@@ -37,11 +37,11 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, prange
 
-from lowbit.quant.bits import f16, f16_bits_to_f32, u16, u32
-from lowbit.quant.formats.iq1 import decode_iq1_m, decode_iq1_s
+from lowbit.quant.bits import f16, packed_nibble, u32
+from lowbit.quant.formats.iq1 import decode_iq1_m, decode_iq1_s, iq1m_d, iq1m_scale, iq1s_scale
 from lowbit.quant.formats.iq2 import decode_iq2_s, decode_iq2_xs, decode_iq2_xxs, iq2_scale
-from lowbit.quant.formats.iq3 import decode_iq3_s, decode_iq3_xxs
-from lowbit.quant.formats.iq4 import decode_iq4_nl, decode_iq4_xs
+from lowbit.quant.formats.iq3 import decode_iq3_s, decode_iq3_xxs, iq3xxs_scale
+from lowbit.quant.formats.iq4 import decode_iq4_nl, decode_iq4_xs, iq4xs_scale
 from lowbit.quant.formats.kquants import crumb, high_bit, nibble, q3k_scale, scale_min_k4
 from lowbit.quant.formats.mxfp4 import decode_mxfp4, e8m0_half
 from lowbit.quant.formats.ternary import decode_tq1_0, decode_tq2_0
@@ -188,10 +188,8 @@ def unpack_iq4_nl(w, o, u, sc, mn, y):
 def unpack_iq4_xs(w, o, u, sc, mn, y):
     decode_iq4_xs(w, o, y)
     d = f16(w, o)
-    scales_h = u16(w, o + 2)
     for ib in range(8):
-        s = ((w[o + 4 + ib // 2] >> (4 * (ib % 2))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4)
-        sc[ib] = d * np.float32(s - 32)
+        sc[ib] = d * np.float32(iq4xs_scale(w, o, ib))
     _by_units(y, u, sc, 32, 128)
 
 
@@ -209,7 +207,7 @@ def unpack_iq2_xs(w, o, u, sc, mn, y):
     decode_iq2_xs(w, o, y)
     d = f16(w, o)
     for j in range(16):
-        sc[j] = iq2_scale(d, (w[o + 66 + j // 2] >> (4 * (j % 2))) & 15)
+        sc[j] = iq2_scale(d, packed_nibble(w, o + 66, j))
     _by_units(y, u, sc, 16, 64)
 
 
@@ -218,7 +216,7 @@ def unpack_iq2_s(w, o, u, sc, mn, y):
     decode_iq2_s(w, o, y)
     d = f16(w, o)
     for j in range(16):
-        sc[j] = iq2_scale(d, (w[o + 74 + j // 2] >> (4 * (j % 2))) & 15)
+        sc[j] = iq2_scale(d, packed_nibble(w, o + 74, j))
     _by_units(y, u, sc, 16, 64)
 
 
@@ -227,7 +225,7 @@ def unpack_iq3_xxs(w, o, u, sc, mn, y):
     decode_iq3_xxs(w, o, y)
     d = f16(w, o)
     for ib in range(8):
-        sc[ib] = d * (np.float32(0.5) + np.float32(u32(w, o + 66 + 4 * ib) >> 28)) * np.float32(0.5)
+        sc[ib] = iq3xxs_scale(d, u32(w, o + 66 + 4 * ib))
     _by_units(y, u, sc, 32, 64)
 
 
@@ -236,7 +234,7 @@ def unpack_iq3_s(w, o, u, sc, mn, y):
     decode_iq3_s(w, o, y)
     d = f16(w, o)
     for j in range(8):
-        sc[j] = d * np.float32(1 + 2 * ((w[o + 106 + j // 2] >> (4 * (j % 2))) & 15))
+        sc[j] = d * np.float32(1 + 2 * packed_nibble(w, o + 106, j))
     _by_units(y, u, sc, 32, 16)
 
 
@@ -246,22 +244,16 @@ def unpack_iq1_s(w, o, u, sc, mn, y):
     decode_iq1_s(w, o, y)
     d = f16(w, o)
     for ib in range(8):
-        qh = u16(w, o + 34 + 2 * ib)
-        sc[ib] = d * np.float32(2 * ((qh >> 12) & 7) + 1) * np.float32(0.125)
+        sc[ib] = d * np.float32(iq1s_scale(w, o, ib)) * np.float32(0.125)
     _by_units(y, u, sc, 32, 16)
 
 
 @njit(inline="always")
 def unpack_iq1_m(w, o, u, sc, mn, y):
     decode_iq1_m(w, o, y)
-    sc0 = u16(w, o + 48)
-    sc1 = u16(w, o + 50)
-    sc2 = u16(w, o + 52)
-    sc3 = u16(w, o + 54)
-    d = f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+    d = iq1m_d(w, o)
     for j in range(16):
-        s = (u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7
-        sc[j] = d * np.float32(2 * s + 1) * np.float32(0.125)
+        sc[j] = d * np.float32(iq1m_scale(w, o, j)) * np.float32(0.125)
     _by_units(y, u, sc, 16, 16)
 
 
@@ -299,9 +291,6 @@ U8, NIB4, NIB5, NIB6 = 0, 1, 2, 3
 #         bit 4 of step s's byte L
 #   NIB6  u < 64, SB = 16: NIB4's 2 vectors, then 64 bytes of bits 4-5: bits 2s, 2s + 1 of
 #         byte L are bits 4, 5 of step s's byte L
-FORMAT_NAMES = {U8: "u8", NIB4: "4-bit", NIB5: "5-bit", NIB6: "6-bit"}
-
-
 def sub_bytes(fmt: int, sub: int) -> int:
     """Bytes of one sub-block (SB columns) of one group of 16 rows."""
     return {U8: 16 * sub, NIB4: 8 * sub, NIB5: 8 * sub + 64, NIB6: 8 * sub + 64}[fmt]

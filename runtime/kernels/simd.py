@@ -287,7 +287,6 @@ def shl_i32x16(typingctx, a, n):
 
 add_i32x16 = _binary_i32("add")
 sub_i32x16 = _binary_i32("sub")
-mul_i32x16 = _binary_i32("mul")
 and_i32x16 = _binary_i32("and_")
 or_i32x16 = _binary_i32("or_")
 
@@ -368,7 +367,6 @@ def _unary_f32_intrinsic(llvm_name):
 
 
 rint_f32x16 = _unary_f32_intrinsic("llvm.rint.v16f32")      # round half to even (vrndscaleps)
-abs_f32x16 = _unary_f32_intrinsic("llvm.fabs.v16f32")
 
 
 def _binary_f32_intrinsic(llvm_name):
