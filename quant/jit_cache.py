@@ -75,14 +75,21 @@ class StableClosureCache(FunctionCache):
     Numba hashes a closure's cells by pickling them, and a pickled dispatcher carries a uuid that
     changes with every process, so kernels built by a factory around a jitted helper would never
     be found again. Here a jitted helper is keyed by its module and name (its code is covered by
-    the source digest) and anything else by its repr (ints, strings).
+    the source digest) and anything else by its repr (ints, strings). The compile options are
+    part of the key too: a factory that makes a parallel and a serial variant of one body
+    (`@cached_kernel(parallel=parallel)`) would otherwise have them share one cache entry, and
+    whichever was compiled first would be loaded for both.
     """
+
+    def __init__(self, py_func, options: dict):
+        super().__init__(py_func)
+        self._options = repr(sorted(options.items()))
 
     def _index_key(self, sig, codegen):
         cells = self._py_func.__closure__ or ()
         described = tuple(_describe(c.cell_contents) for c in cells)
         code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-        cvars = hashlib.sha256(repr(described).encode()).hexdigest()
+        cvars = hashlib.sha256((repr(described) + self._options).encode()).hexdigest()
         return (sig, codegen.magic_tuple(), (code, cvars))
 
 
@@ -98,7 +105,7 @@ def cached_kernel(**options):
     """@njit(cache=True, **options) for functions built inside a factory (see StableClosureCache)."""
     def wrap(fn):
         dispatcher = njit(cache=True, **options)(fn)
-        dispatcher._cache = StableClosureCache(dispatcher.py_func)
+        dispatcher._cache = StableClosureCache(dispatcher.py_func, options)
         return dispatcher
     return wrap
 
