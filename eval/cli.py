@@ -56,9 +56,27 @@ def set_threads(n: int | None) -> None:
     pin_threads(n)
 
 
-def load_model(name_or_path: str):
+def load_model(name_or_path: str, precision: str = "exact"):
     from .loading import load_model as load
-    return load(name_or_path)
+    model, tokenizer = load(name_or_path)
+    model.precision = precision
+    return model, tokenizer
+
+
+def add_precision_args(s, default: str) -> None:
+    """--exact / --fast: the activation precision of the integer products (runtime/model.py)."""
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--exact", dest="precision", action="store_const", const="exact",
+                   help="activations in three int8 planes per block: float32-exact products" +
+                        (" (default)" if default == "exact" else ""))
+    g.add_argument("--fast", dest="precision", action="store_const", const="fast",
+                   help="activations in one int8 plane per block, as llama.cpp's" +
+                        (" (default)" if default == "fast" else ""))
+    s.set_defaults(precision=default)
+
+
+PRECISION_NOTE = {"exact": "exact activations (3 int8 planes per block of 32)",
+                  "fast": "fast activations (1 int8 plane per block of 32)"}
 
 
 def read_text(path: str) -> str:
@@ -79,7 +97,7 @@ def cmd_perplexity(args) -> int:
     if args.kl_divergence and not args.kl_divergence_base:
         raise UsageError("--kl-divergence needs --kl-divergence-base FILE (made by a run without --kl-divergence)")
     text = read_text(args.file)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     bar = progress_bar("perplexity", unit="chunk", disable=args.json)
 
     def progress(i, n, ppl):
@@ -99,7 +117,8 @@ def cmd_perplexity(args) -> int:
     bar.close()
     report = {"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
               "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
-              "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}
+              "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds,
+              "precision": args.precision}
     if kld is not None:
         report["kld"] = kld
     if args.json:
@@ -111,8 +130,8 @@ def cmd_perplexity(args) -> int:
         print(KLDStats.format(kld))
     elif args.kl_divergence_base:
         print(f"wrote the base distributions to {args.kl_divergence_base}")
-    print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
-          file=sys.stderr)
+    print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s, "
+          f"{PRECISION_NOTE[args.precision]})", file=sys.stderr)
     return 0
 
 def sampler_from(args):
@@ -128,7 +147,7 @@ def cmd_generate(args) -> int:
     set_threads(args.threads)
     if not args.prompt:
         raise UsageError("the prompt is empty: give one with -p")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     ids = tokenizer.encode(args.prompt, add_special=True, parse_special=args.special)
     cache = model.new_cache(args.ctx_size)
     stats = GenerationStats()
@@ -141,7 +160,7 @@ def cmd_generate(args) -> int:
     except KeyboardInterrupt:
         stats.stopped_by = "interrupted"
     print(stream.flush())
-    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}]", file=sys.stderr)
+    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}; {PRECISION_NOTE[args.precision]}]", file=sys.stderr)
     return 0
 
 
@@ -150,9 +169,10 @@ def cmd_chat(args) -> int:
     from lowbit.runtime.config import ModelError
 
     set_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     session = ChatSession(model, tokenizer, args.ctx_size, sampler_from(args), args.system)
-    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}); /exit quits, /clear "
+    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}, {PRECISION_NOTE[args.precision]}); "
+          f"/exit quits, /clear "
           f"starts over, Ctrl-C stops an answer.", file=sys.stderr)
     while True:
         try:
@@ -348,7 +368,8 @@ def cmd_bench(args) -> int:
         bar.update(n)
 
     results = speed.bench(paths, threads, prompts, gens, reps, cold=args.cold,
-                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress)
+                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress,
+                          precision=args.precision)
     bar.close()
     print(json.dumps(results, indent=2) if args.json else speed.format_table(results))
     return 0
@@ -439,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with it: the base to compare against")
     s.add_argument("--kl-divergence", action="store_true",
                    help="report the KL-divergence from the base distributions in --kl-divergence-base")
+    add_precision_args(s, "exact")
     s.set_defaults(func=cmd_perplexity)
 
     s = sub.add_parser("generate", help="continue a prompt, streaming the tokens")
@@ -447,12 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--special", action="store_true", help="parse special tokens in the prompt")
     s.add_argument("--no-echo", action="store_true", help="do not print the prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=cmd_generate, n_predict=128)
 
     s = sub.add_parser("chat", help="interactive multi-turn chat with the model's template")
     s.add_argument("model")
     s.add_argument("-s", "--system", default=None, help="system prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("imatrix", help="collect an importance matrix over calibration text")
@@ -507,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time a start-up with an empty numba cache (compiles every kernel)")
     s.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
     s.add_argument("--blas-threads", default="1", help="threads of numpy's BLAS pool (default 1)")
+    add_precision_args(s, "fast")
     s.add_argument("--json", action="store_true", help="print a JSON list of results instead")
     s.set_defaults(func=cmd_bench)
 

@@ -14,6 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from numba import njit
 from numba.core import caching
 from numba.core.caching import FunctionCache, _CacheLocator
@@ -95,9 +96,16 @@ class StableClosureCache(FunctionCache):
 
 def _describe(value):
     if isinstance(value, CPUDispatcher):
-        return ("jit", value.py_func.__module__, value.py_func.__qualname__)
+        # a helper made by a factory is known by its own closure too (two tables, one qualname)
+        cells = value.py_func.__closure__ or ()
+        return ("jit", value.py_func.__module__, value.py_func.__qualname__,
+                tuple(_describe(c.cell_contents) for c in cells))
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
+    if isinstance(value, tuple):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
     raise TypeError(f"closure variable of type {type(value).__name__} has no stable cache key")
 
 
