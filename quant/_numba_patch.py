@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 from numba.core import caching
 from numba.core.caching import FunctionCache, _CacheLocator
 from numba.core.registry import CPUDispatcher
@@ -78,6 +79,10 @@ def _describe(value):
         return ("jit", fn.__module__, fn.__qualname__, cells)
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
+    if isinstance(value, tuple):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
     raise TypeError(f"closure variable of type {type(value).__name__} has no stable cache key")
 
 

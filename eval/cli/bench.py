@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..machine import check_threads
-from .common import UsageError, progress_bar
+from .common import UsageError, add_precision_args, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
                    help="also time a start-up with an empty numba cache (compiles every kernel)")
     s.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
     s.add_argument("--blas-threads", default="1", help="threads of numpy's BLAS pool (default 1)")
+    add_precision_args(s, "fast")
     s.add_argument("--json", action="store_true", help="print a JSON list of results instead")
     s.set_defaults(func=run)
 
@@ -59,7 +60,8 @@ def run(args) -> int:
         bar.update(n)
 
     results = speed.bench(paths, threads, prompts, gens, reps, cold=args.cold,
-                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress)
+                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress,
+                          precision=args.precision)
     bar.close()
     print(json.dumps(results, indent=2) if args.json else speed.format_table(results))
     return 0

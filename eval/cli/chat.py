@@ -5,6 +5,7 @@ import sys
 
 from ..loading import load_model
 from ..machine import set_threads
+from .common import PRECISION_NOTE, add_precision_args
 from .generate import add_sampling_args, sampler_from
 
 
@@ -13,6 +14,7 @@ def add_parser(sub) -> None:
     s.add_argument("model")
     s.add_argument("-s", "--system", default=None, help="system prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=run)
 
 
@@ -21,10 +23,10 @@ def run(args) -> int:
     from lowbit.runtime.config import ModelError
 
     set_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     session = ChatSession(model, tokenizer, args.ctx_size, sampler_from(args), args.system)
-    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}); /exit quits, /clear "
-          f"starts over, Ctrl-C stops an answer.", file=sys.stderr)
+    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}, {PRECISION_NOTE[args.precision]}); "
+          f"/exit quits, /clear starts over, Ctrl-C stops an answer.", file=sys.stderr)
     while True:
         try:
             line = input("> ")

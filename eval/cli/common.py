@@ -8,6 +8,22 @@ class UsageError(Exception):
     """Flags that do not go together, or a value out of range: one sentence, exit status 1."""
 
 
+def add_precision_args(s, default: str) -> None:
+    """--exact / --fast: the activation precision of the integer products (runtime/model.py)."""
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--exact", dest="precision", action="store_const", const="exact",
+                   help="activations in three int8 planes per block: float32-exact products" +
+                        (" (default)" if default == "exact" else ""))
+    g.add_argument("--fast", dest="precision", action="store_const", const="fast",
+                   help="activations in one int8 plane per block, as llama.cpp's" +
+                        (" (default)" if default == "fast" else ""))
+    s.set_defaults(precision=default)
+
+
+PRECISION_NOTE = {"exact": "exact activations (3 int8 planes per block of 32)",
+                  "fast": "fast activations (1 int8 plane per block of 32)"}
+
+
 def progress_bar(desc: str, total=None, unit="it", disable=False):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=disable or not sys.stderr.isatty(),

@@ -5,7 +5,7 @@ import sys
 
 from ..loading import load_model
 from ..machine import set_threads
-from .common import UsageError
+from .common import PRECISION_NOTE, UsageError, add_precision_args
 
 
 def add_sampling_args(s) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
     s.add_argument("--special", action="store_true", help="parse special tokens in the prompt")
     s.add_argument("--no-echo", action="store_true", help="do not print the prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=run, n_predict=128)
 
 
@@ -44,7 +45,7 @@ def run(args) -> int:
     set_threads(args.threads)
     if not args.prompt:
         raise UsageError("the prompt is empty: give one with -p")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     ids = tokenizer.encode(args.prompt, add_special=True, parse_special=args.special)
     cache = model.new_cache(args.ctx_size)
     stats = GenerationStats()
@@ -57,5 +58,5 @@ def run(args) -> int:
     except KeyboardInterrupt:
         stats.stopped_by = "interrupted"
     print(stream.flush())
-    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}]", file=sys.stderr)
+    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}; {PRECISION_NOTE[args.precision]}]", file=sys.stderr)
     return 0

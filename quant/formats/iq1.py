@@ -15,7 +15,8 @@ from numba import njit
 from ..bits import f16, f16_bits_to_f32, u16
 from ..encode_helpers import f32_to_f16_bits, put_f16, put_u16, round_to_f16
 from ..tables import IQ1_DELTA, IQ1S_GRID
-from ..types import register
+from ..types import Packing, register
+from .unpacking import by_unit
 
 
 @njit(inline="always")
@@ -457,5 +458,27 @@ def encode_iq1_m(x, imp, out):
             put_u16(out, o + 48 + 2 * j, word)
 
 
-IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s)
-IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
+# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
+# sub-block. A layout at the file's bit count decodes the grid in registers instead.
+# w = dl * (grid + delta) with delta = +-1/8: integers in units of dl / 8 (u in 7 .. 25).
+
+@njit(inline="always")
+def unpack_iq1_s(w, o, u, rec, y):
+    decode_iq1_s(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        by_unit(y, u, rec, ib, 32, d * np.float32(iq1s_scale(w, o, ib)) * np.float32(0.125), 16)
+
+
+@njit(inline="always")
+def unpack_iq1_m(w, o, u, rec, y):
+    decode_iq1_m(w, o, y)
+    d = iq1m_d(w, o)
+    for j in range(16):
+        by_unit(y, u, rec, j, 16, d * np.float32(iq1m_scale(w, o, j)) * np.float32(0.125), 16)
+
+
+IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s, Packing("nib5", "f32", 32, 16, unpack_iq1_s))
+IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m, Packing("nib6", "f32", 16, 16, unpack_iq1_m))

@@ -26,7 +26,8 @@ from numba import njit
 from ..bits import f16, packed_nibble, u16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f16
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
-from ..types import register
+from ..types import Packing, register
+from .unpacking import by_unit
 
 
 @njit(inline="always")
@@ -478,6 +479,36 @@ def encode_iq2_s(x, imp, out):
         put_subscales(out, o + 74, subs)
 
 
-IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs)
-IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs)
-IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
+# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
+# sub-block. A layout at the file's bit count decodes the grid in registers instead.
+
+@njit(inline="always")
+def unpack_iq2_xxs(w, o, u, rec, y):
+    decode_iq2_xxs(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        by_unit(y, u, rec, ib, 32, iq2_scale(d, u32(w, o + 2 + 8 * ib + 4) >> 28), 64)
+
+
+@njit(inline="always")
+def unpack_iq2_xs(w, o, u, rec, y):
+    decode_iq2_xs(w, o, y)
+    d = f16(w, o)
+    for j in range(16):
+        by_unit(y, u, rec, j, 16, iq2_scale(d, packed_nibble(w, o + 66, j)), 64)
+
+
+@njit(inline="always")
+def unpack_iq2_s(w, o, u, rec, y):
+    decode_iq2_s(w, o, y)
+    d = f16(w, o)
+    for j in range(16):
+        by_unit(y, u, rec, j, 16, iq2_scale(d, packed_nibble(w, o + 74, j)), 64)
+
+
+# u in 21 .. 107
+IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs, Packing("u8", "f32", 32, 64, unpack_iq2_xxs))
+IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs, Packing("u8", "f32", 16, 64, unpack_iq2_xs))
+IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s, Packing("u8", "f32", 16, 64, unpack_iq2_s))

@@ -27,7 +27,8 @@ from numba import njit
 from ..bits import f16, packed_nibble, u32
 from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
-from ..types import register
+from ..types import Packing, register
+from .unpacking import by_unit
 
 
 @njit(inline="always")
@@ -344,5 +345,27 @@ def encode_iq3_s(x, imp, out):
             out[o + 106 + i] = mult[2 * i] | (mult[2 * i + 1] << 4)
 
 
-IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs)
-IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
+# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
+# sub-block. A layout at the file's bit count decodes the grid in registers instead.
+
+@njit(inline="always")
+def unpack_iq3_xxs(w, o, u, rec, y):
+    decode_iq3_xxs(w, o, y)
+    d = f16(w, o)
+    for ib in range(8):
+        by_unit(y, u, rec, ib, 32, iq3xxs_scale(d, u32(w, o + 66 + 4 * ib)), 64)
+
+
+@njit(inline="always")
+def unpack_iq3_s(w, o, u, rec, y):
+    decode_iq3_s(w, o, y)
+    d = f16(w, o)
+    for j in range(8):
+        by_unit(y, u, rec, j, 32, d * np.float32(1 + 2 * packed_nibble(w, o + 106, j)), 16)
+
+
+# IQ3_XXS: u in 2 .. 126; IQ3_S: u in 1 .. 31
+IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs, Packing("u8", "f32", 32, 64, unpack_iq3_xxs))
+IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s, Packing("nib5", "f32", 32, 16, unpack_iq3_s))
