@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from ..loading import load_model
 from ..machine import set_threads
-from .common import PRECISION_NOTE, add_precision_args
+from ..loading import load_model
+from .common import Stopwatch, add_precision_args, report_load
 from .generate import add_sampling_args, sampler_from
 
 
@@ -23,10 +23,12 @@ def run(args) -> int:
     from lowbit.runtime.config import ModelError
 
     set_threads(args.threads)
+    watch = Stopwatch()
     model, tokenizer = load_model(args.model, args.precision)
+    report_load(model, args.precision, watch)
     session = ChatSession(model, tokenizer, args.ctx_size, sampler_from(args), args.system)
-    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}, {PRECISION_NOTE[args.precision]}); "
-          f"/exit quits, /clear starts over, Ctrl-C stops an answer.", file=sys.stderr)
+    print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}); /exit quits, /clear "
+          f"starts over, Ctrl-C stops an answer.", file=sys.stderr)
     while True:
         try:
             line = input("> ")

@@ -24,6 +24,27 @@ PRECISION_NOTE = {"exact": "exact activations (3 int8 planes per block of 32)",
                   "fast": "fast activations (1 int8 plane per block of 32)"}
 
 
+class Stopwatch:
+    """Seconds since it was made (load time, printed apart from the token rates)."""
+
+    def __init__(self):
+        import time
+        self._clock = time.perf_counter
+        self.start = self._clock()
+
+    def seconds(self) -> float:
+        return self._clock() - self.start
+
+
+def report_load(model, precision: str, watch: Stopwatch) -> None:
+    """Finish loading a model for generation (weights in their kernel layout, kernels loaded:
+    Model.prepare) and say on stderr how long loading took, so that the token rates printed
+    later count only the tokens."""
+    model.prepare()
+    print(f"[load: {watch.seconds():.1f} s for {model.gguf.path.name} (file, weight layout, "
+          f"kernels); {PRECISION_NOTE[precision]}]", file=sys.stderr, flush=True)
+
+
 def progress_bar(desc: str, total=None, unit="it", disable=False):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=disable or not sys.stderr.isatty(),

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from ..loading import load_model
 from ..machine import set_threads
-from .common import PRECISION_NOTE, UsageError, add_precision_args
+from ..loading import load_model
+from .common import PRECISION_NOTE, Stopwatch, UsageError, add_precision_args, report_load
 
 
 def add_sampling_args(s) -> None:
@@ -40,13 +40,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from lowbit.runtime.generate import GenerationStats, TextStream, generate_tokens
+    from lowbit.runtime.generate import GenerationStats, TextStream, check_prompt, generate_tokens
 
     set_threads(args.threads)
     if not args.prompt:
         raise UsageError("the prompt is empty: give one with -p")
+    watch = Stopwatch()
     model, tokenizer = load_model(args.model, args.precision)
     ids = tokenizer.encode(args.prompt, add_special=True, parse_special=args.special)
+    check_prompt(0, len(ids), args.ctx_size)
+    report_load(model, args.precision, watch)
     cache = model.new_cache(args.ctx_size)
     stats = GenerationStats()
     stream = TextStream(tokenizer)
