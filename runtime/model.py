@@ -14,7 +14,7 @@ from lowbit.quant.gguffile import GGUFFile, open_gguf
 
 from .config import ModelConfig, ModelError, read_config
 from .kernels import QuantMatrix, StackedMatrix
-from .kernels.packed import ACTIVATION_PLANES
+from .kernels.packed import ACTIVATION_PLANES, PARALLEL_QUANTIZE_TOKENS
 from .kernels.attention import attention, cache_length
 from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
 from .ops import rope_tables
@@ -24,6 +24,8 @@ from .ops import rope_tables
 # to three int8 planes per block of 32 (float32-exact products: perplexity, KL-divergence);
 # "fast" to one plane, as llama.cpp's Q8_0 activations (generation, chat, bench).
 PRECISIONS = {"exact": ACTIVATION_PLANES, "fast": 1}
+# The warm-up prompt of Model.prepare: long enough for the kernels' many-token variants.
+PREPARE_TOKENS = PARALLEL_QUANTIZE_TOKENS
 
 
 class Linear:
@@ -217,6 +219,16 @@ class Model:
         if old is None:
             raise ModelError(f"the model has no weight matrix {name}")
         return old
+
+    def prepare(self) -> None:
+        """Do now what the first forward passes would otherwise do on the way: repack every
+        matrix into its kernel layout (stacking q/k/v and gate/up) and load each kernel from
+        numba's disk cache, by running a short prompt and one token on a scratch cache (as
+        llama.cpp's tools warm up with an empty run). Commands call it while loading, so that
+        the time is reported as load time and token rates stay honest."""
+        cache = self.new_cache(PREPARE_TOKENS + 1)
+        self.forward(np.zeros(PREPARE_TOKENS, dtype=np.int64), cache)
+        self.forward(np.zeros(1, dtype=np.int64), cache)
 
     # -- running -----------------------------------------------------------------------------
 
