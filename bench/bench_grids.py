@@ -71,7 +71,7 @@ def main(argv=None):
                 qa = QuantizedActivations(rng.standard_normal((n_tokens, n_cols)).astype(np.float32), args.planes)
                 out = np.empty((n_tokens, n_rows), np.float32)
                 kernel = grid_kernel(name, args.planes)
-                t_grid = best_time(lambda: kernel(q, offsets, qa.qx, qa.dx, qa.isum, n_tokens, n_rows, out.reshape(-1)))
+                t_grid = best_time(lambda: kernel(q, q, q, offsets, qa.qx, qa.dx, qa.isum, n_tokens, n_rows, out.reshape(-1)))
                 t_u8 = best_time(lambda: m.matmul_quantized(qa, out))
                 weights = n_rows * n_cols
                 print(f"| {name} | {n_rows} x {n_cols} | {n_tokens} | {q.nbytes / weights:.3f} | "

@@ -135,5 +135,5 @@ def test_grid_kernel_matches_decode_then_dot(name, planes, rng):
         xs = rng.standard_normal((n_tokens, m.n_cols)).astype(np.float32)
         qa = QuantizedActivations(xs, planes)
         out = np.zeros((n_tokens, m.n_rows), np.float32)
-        kernel(q, offsets, qa.qx, qa.dx, qa.isum, n_tokens, m.n_rows, out.reshape(-1))
+        kernel(q, q, q, offsets, qa.qx, qa.dx, qa.isum, n_tokens, m.n_rows, out.reshape(-1))
         assert_close_to_reference(out, w, qa.dequantize())

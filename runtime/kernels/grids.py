@@ -397,8 +397,9 @@ STEP = 254
 
 @lru_cache(maxsize=None)
 def grid_kernel(name: str, planes: int, native: bool = True):
-    """kernel(q, offsets, qx, dx, isum, n_tokens, n_rows, out): out (T, N) = W x for a grid type's
-    repacked W and P activation planes (packed.py's QuantizedActivations)."""
+    """kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out): out (T, N) = W x for a
+    grid type's repacked W and P activation planes (packed.py's QuantizedActivations); the
+    arguments are packed_kernel's, scale and mn unused (the scales are in q)."""
     layout = LAYOUTS[name]
     pair, sub_scales = decoders(name, native)
     rec, sub, n_sub_rec = layout.record, layout.sub, layout.n_sub
@@ -433,7 +434,7 @@ def grid_kernel(name: str, planes: int, native: bool = True):
                 out[t * n_rows + r0 + i] = buf[i]
 
     @cached_kernel(parallel=True, fastmath=True)
-    def kernel(q, offsets, qx, dx, isum, n_tokens, n_rows, out):
+    def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
         assert len(key) > 0
         n_super = q.shape[1] // rec
         n_cols = n_super * SUPER

@@ -14,8 +14,16 @@ from lowbit.quant.tensor_bytes import as_block_rows
 from lowbit.quant.types import QuantType
 
 from .fused import matmul_kernel, matvec_kernel
+from .grids import LAYOUTS as GRID_LAYOUTS, grid_kernel, repack_grid
 from .packed import ACTIVATION_PLANES, QuantizedActivations, packed_kernel
 from .repack import GROUP, repack, unpacking
+
+
+def product_kernel(key, planes: int):
+    """The integer kernel for a matrix's kernel_key."""
+    if key[0] == "grid":
+        return grid_kernel(key[1], planes)
+    return packed_kernel(*key, planes)
 
 
 class KernelError(ValueError):
@@ -54,6 +62,7 @@ class QuantMatrix:
         # Quantized types run the integer kernels over a repacked copy (built on first use);
         # the float types keep the generic decode-and-dot kernels.
         self.unpacking = unpacking(qtype)
+        self.grid = qtype.name in GRID_LAYOUTS    # grid types keep the file's bits (grids.py)
         self._packed = None
         self._offsets = None
         self._calls = {}
@@ -81,7 +90,13 @@ class QuantMatrix:
         process's resident set once repacked (they stay in the page cache, and come back on
         the next access, e.g. an embedding row of a tied output matrix)."""
         if self._packed is None:
-            self._packed = repack(self.rows, self.qtype, self.n_rows, self.n_cols, release_mapped_pages)
+            if self.grid:
+                q = repack_grid(self.rows, self.qtype.name, self.n_rows, self.n_cols)
+                release_mapped_pages(self.rows)
+                none = np.zeros((q.shape[0], 0), np.float32)
+                self._packed = (q, none, none)
+            else:
+                self._packed = repack(self.rows, self.qtype, self.n_rows, self.n_cols, release_mapped_pages)
         return self._packed
 
     def offsets(self) -> np.ndarray:
@@ -100,6 +115,8 @@ class QuantMatrix:
         """(weight format, sub-block, affine, float16 scales): matrices with equal keys can
         share a kernel call."""
         u = self.unpacking
+        if self.grid:
+            return ("grid", self.qtype.name)
         return u.fmt, u.sub, u.affine, u.half
 
     def quantize(self, xs: np.ndarray, planes: int = ACTIVATION_PLANES) -> QuantizedActivations:
@@ -148,7 +165,7 @@ class QuantMatrix:
         bound = self._calls.get(planes)
         if bound is None:
             q, scale, mn = self.packed()
-            bound = self._calls[planes] = (packed_kernel(*self.kernel_key, planes), q, scale, mn, self.offsets())
+            bound = self._calls[planes] = (product_kernel(self.kernel_key, planes), q, scale, mn, self.offsets())
         return bound
 
     def dequantize(self) -> np.ndarray:
@@ -205,7 +222,7 @@ class StackedMatrix:
         q, scale, mn, offsets = self._arrays
         kernel = self._kernels.get(qa.planes)
         if kernel is None:
-            kernel = self._kernels[qa.planes] = packed_kernel(*self.matrices[0].kernel_key, qa.planes)
+            kernel = self._kernels[qa.planes] = product_kernel(self.matrices[0].kernel_key, qa.planes)
         out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
         kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
