@@ -28,11 +28,12 @@ from synthetic import encode_rows  # noqa: E402
 
 from lowbit.quant.types import by_name  # noqa: E402
 from lowbit.runtime.kernels import QuantMatrix  # noqa: E402
-from lowbit.runtime.kernels.grids import LAYOUTS, grid_kernel, repack_grid  # noqa: E402
-from lowbit.runtime.kernels.packed import QuantizedActivations  # noqa: E402
+from lowbit.runtime.kernels.grids import CODES, grid_kernel, repack_grid  # noqa: E402
+from lowbit.runtime.kernels.packed import QuantizedActivations, packed_kernel  # noqa: E402
+from lowbit.runtime.kernels.repack import UNPACKING, repack  # noqa: E402
 
 
-def best_time(fn, min_time=0.5, max_reps=50) -> float:
+def best_time(fn, min_time=1.0, max_reps=400) -> float:
     fn()
     times = []
     start = time.perf_counter()
@@ -64,18 +65,21 @@ def main(argv=None):
             base = encode_rows(rng.standard_normal((64, n_cols)).astype(np.float32), qtype)
             raw = np.tile(base.reshape(64, -1), (n_rows // 64, 1))
             m = QuantMatrix(raw.reshape(-1), qtype, n_rows, n_cols)
-            m.packed()
+            spec = UNPACKING[name]
+            u8 = repack(m.rows, qtype, n_rows, n_cols)      # the grid decoded to a byte per weight
+            u8_kernel = packed_kernel(spec.fmt, spec.sub, spec.affine, spec.half, args.planes)
             q = repack_grid(m.rows, name, n_rows, n_cols)
-            offsets = np.full(q.shape[0] * 16, LAYOUTS[name].offset, np.float32)
+            offsets = np.full(q.shape[0] * 16, CODES[name].offset, np.float32)
             for n_tokens in map(int, args.tokens.split(",")):
                 qa = QuantizedActivations(rng.standard_normal((n_tokens, n_cols)).astype(np.float32), args.planes)
                 out = np.empty((n_tokens, n_rows), np.float32)
                 kernel = grid_kernel(name, args.planes)
                 t_grid = best_time(lambda: kernel(q, q, q, offsets, qa.qx, qa.dx, qa.isum, n_tokens, n_rows, out.reshape(-1)))
-                t_u8 = best_time(lambda: m.matmul_quantized(qa, out))
+                t_u8 = best_time(lambda: u8_kernel(*u8, offsets, qa.qx, qa.dx, qa.isum, n_tokens, n_rows,
+                                                   out.reshape(-1)))
                 weights = n_rows * n_cols
                 print(f"| {name} | {n_rows} x {n_cols} | {n_tokens} | {q.nbytes / weights:.3f} | "
-                      f"{m.packed_bytes / weights:.3f} | {t_grid * 1e3:.3f} | {t_u8 * 1e3:.3f} | "
+                      f"{sum(a.nbytes for a in u8) / weights:.3f} | {t_grid * 1e3:.3f} | {t_u8 * 1e3:.3f} | "
                       f"{t_u8 / t_grid:.2f} | {weights * n_tokens / t_grid / 1e9:.1f} |", flush=True)
 
 

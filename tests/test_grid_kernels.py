@@ -22,7 +22,7 @@ from lowbit.runtime.kernels.simd import (gather_u32, gather_u32_generic, gather_
 from synthetic import encode_rows
 from test_kernels import assert_close_to_reference
 
-GRID_TYPES = list(grids.LAYOUTS)
+GRID_TYPES = list(grids.CODES)
 
 
 @njit
@@ -72,22 +72,28 @@ def test_select_bytes(rng):
 
 
 def _decode_all(name, native):
-    """njit (q, u, sc): every step and sub-block scale of q through the type's decoders, in
-    packed.py's U8 layout (u [G, 16 n_cols]) and per-sub-block scales (sc [G, n_sub * 16])."""
-    pair, sub_scales = grids.decoders(name, native)
-    layout = grids.LAYOUTS[name]
-    rec, n_sub = layout.record, layout.n_sub
+    """njit (q, u, sc, by_step): every step and sub-block scale of q through the type's decoders,
+    in packed.py's U8 layout (u [G, 16 n_cols], from pair(); by_step the same from step()) and
+    per-sub-block scales (sc [G, n_sub * 16])."""
+    code = grids.CODES[name]
+    dec = grids.decoders(code, native)
+    pair, step, scale = dec.pair, dec.step, dec.scale
+    block_bytes, weight_bytes, n_sub = code.block_bytes, code.weight_bytes, code.n_sub
 
     @njit
-    def run(q, u, sc):
+    def run(q, u, sc, by_step):
         for g in range(q.shape[0]):
-            for sb in range(q.shape[1] // rec):
+            for b in range(q.shape[1] // block_bytes):
+                base = b * block_bytes
                 for k in range(n_sub):
-                    store_f32x16(sc[g], (sb * n_sub + k) * 16, sub_scales(q[g], sb * rec, k))
-                for j in range(32):
-                    w0, w1 = pair(q[g], sb * rec, j)
-                    store_bytes64(u[g], (sb * 256 + 8 * j) * 16, w0)
-                    store_bytes64(u[g], (sb * 256 + 8 * j) * 16 + 64, w1)
+                    store_f32x16(sc[g], (b * n_sub + k) * 16, scale(q[g], base + weight_bytes, n_sub, k))
+                for s in range(0, 64, 2):
+                    w0, w1 = pair(q[g], base, 64, s)
+                    at = (b * 256 + 4 * s) * 16
+                    store_bytes64(u[g], at, w0)
+                    store_bytes64(u[g], at + 64, w1)
+                    store_bytes64(by_step[g], at, step(q[g], base, 64, s))
+                    store_bytes64(by_step[g], at + 64, step(q[g], base, 64, s + 1))
     return run
 
 
@@ -103,12 +109,14 @@ def _grid_matrix(name, rng, n_rows=19, n_cols=512, kind="normal"):
 @pytest.mark.parametrize("name", GRID_TYPES)
 def test_decoded_steps_equal_the_exact_decoder(name, native, rng):
     m = _grid_matrix(name, rng, kind="outlier")
-    layout = grids.LAYOUTS[name]
+    layout = grids.CODES[name]
     q = grids.repack_grid(m.rows, name, m.n_rows, m.n_cols)
     groups = q.shape[0]
     u = np.zeros((groups, 16 * m.n_cols), np.uint8)
     sc = np.zeros((groups, m.n_cols // layout.sub * 16), np.float32)
-    _decode_all(name, native)(q, u, sc)
+    by_step = np.zeros_like(u)
+    _decode_all(name, native)(q, u, sc, by_step)
+    np.testing.assert_array_equal(by_step, u)
     u = u.reshape(groups, m.n_cols // 4, 16, 4).transpose(0, 2, 1, 3).reshape(groups * 16, m.n_cols)
     sc = np.repeat(sc.reshape(groups, -1, 16).transpose(0, 2, 1).reshape(groups * 16, -1), layout.sub, axis=1)
     w = sc * (u.astype(np.float32) - np.float32(layout.offset))
@@ -128,7 +136,7 @@ def test_repacked_bytes_are_the_files_within_ten_percent(name, rng):
 def test_grid_kernel_matches_decode_then_dot(name, planes, rng):
     m = _grid_matrix(name, rng)
     q = grids.repack_grid(m.rows, name, m.n_rows, m.n_cols)
-    offsets = np.full(q.shape[0] * 16, grids.LAYOUTS[name].offset, np.float32)
+    offsets = np.full(q.shape[0] * 16, grids.CODES[name].offset, np.float32)
     kernel = grids.grid_kernel(name, planes)
     w = m.dequantize()
     for n_tokens in (1, 3, 6):    # in-register decoding, and the decoded tile for 4 tokens at a time

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from lowbit.runtime.kernels import KernelError, QuantMatrix
-from lowbit.runtime.kernels.grids import LAYOUTS as GRID_LAYOUTS
+from lowbit.runtime.kernels.grids import CODES as GRID_CODES
 from lowbit.runtime.kernels.packed import QuantizedActivations
 from lowbit.runtime.kernels.repack import expand_u8, scales_f32, unpacking
 
@@ -117,7 +117,7 @@ def test_every_k_and_i_quant_runs_the_integer_kernel():
             assert unpacking(t) is not None, t.name
 
 
-@type_params([t for t in QUANTIZED if t.name not in GRID_LAYOUTS])
+@type_params([t for t in QUANTIZED if t.name not in GRID_CODES])
 def test_repack_reproduces_the_decoded_weights(qtype, rng):
     # scale * u - min, from the repacked layout, equals the exact decoder's weights (the grid
     # types: test_grid_kernels.py)

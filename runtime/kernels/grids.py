@@ -1,67 +1,71 @@
-"""The i-quant grid types at the file's bit count: a repacked layout and in-register decoders.
+"""The i-quant grid types at the file's bit count: a resident layout and in-register decoders.
 
 IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M store, per group of 8 (IQ2, IQ1) or 4
 (IQ3) weights, an index into a codebook of 8- or 4-byte grid points, sign bits apart (IQ2, IQ3),
 and a small scale code per sub-block of 16 or 32 weights under one float16 scale per 256. Here
 they keep that: the grid indices with their bit count, one sign bit per weight, the 4-bit scale
 codes and the float16 scale; the kernels look the grid points up in registers (one gather of 16
-table entries, one per row) from tables built from the gguf package's grids at import.
+table entries, one per row) in tables built from the gguf package's grids at import.
 
-As for every quantized type, a weight is w = scale * (u - OFF) with u a small unsigned byte, so
-that vpdpbusd multiplies u by int8 activations and the kernel takes OFF * sum(x) off (packed.py):
+As for every quantized type, a weight is w = scale * (u - OFF) with u an unsigned byte, so that
+vpdpbusd multiplies u by int8 activations and the kernel takes OFF * sum(x) off (packed.py):
 
-    type      u                              OFF  scale of a sub-block (c: its 4-bit code)
-    IQ2_*     64 +- grid (8, 25, 43)          64  d (c + 1/2) / 4     (sub-blocks of 32 / 16 / 16)
-    IQ3_XXS   64 +- grid (4, 12, ..., 62)     64  d (c + 1/2) / 2     (32)
-    IQ3_S     16 +- grid (1, 3, ..., 15)      16  d (2 c + 1)          (32)
-    IQ1_S/M   16 + 8 grid +- 1 (grid -1, 0, 1) 16  d (2 c + 1) / 8     (32 / 16; u in units of 1/8)
+    type      u                               OFF  scale of a sub-block (c: its 4-bit code)
+    IQ2_*     64 +- grid (8, 25, 43)           64  d (c + 1/2) / 4    (sub-blocks of 32 / 16 / 16)
+    IQ3_XXS   64 +- grid (4, 12, ..., 62)      64  d (c + 1/2) / 2    (32)
+    IQ3_S     16 +- grid (1, 3, ..., 15)       16  d (2 c + 1)         (32)
+    IQ1_S/M   16 + 8 grid +- 1 (grid -1, 0, 1)  16  d (c + 1/2) / 4    (32 / 16; u in units of d (2c + 1) / 8)
 
-The tables hold the bytes OFF + |grid| (IQ1: 16 + 8 grid + 1 or - 1, the delta's sign being a
-12th index bit), so that a negative sign makes u = 2 OFF - t: one masked byte subtraction.
+The tables hold the bytes OFF + |grid| (IQ1: 16 + 8 grid + 1, or - 1 where the delta is
+negative, the delta's sign being a 12th index bit), so that a negative sign makes u = 2 OFF - t:
+one masked byte subtraction.
 
-Layout: rows in groups of 16 (the lanes of a vector), and per group one record of REC bytes for
-each 256 columns (a super-block), records one after the other: q uint8 [G, n_cols / 256 * REC].
-An "entry" is one grid index per row: for 8 columns (IQ2, IQ1) or 4 (IQ3), 32 or 64 per record.
+Layout, per block of 256 columns of a group of 16 rows (layout.py: weights, then scales). An
+"entry" is one grid index per row, for 8 columns (IQ2, IQ1: 32 entries) or 4 (IQ3: 64):
 
     IDX  16 bytes per entry: byte r = the low 8 bits of row r's index
     HI   the index bits above 8 (H = 1, 2 or 4 of them), 8 / H entries to a byte: entry e's bits
          sit in 16-byte chunk e // (8 / H), byte r, from bit H * (e % (8 / H))
-    SGN  8 bytes per 4 columns (a "step": 16 rows x 4 columns, what one vpdpbusd multiplies):
-         bit 4 r + c = sign of row r, column c (IQ2_XXS, IQ2_XS, IQ3_XXS store 7 of 8 sign bits,
-         the 8th following from even parity: here all 8 are kept, 1/8 bit per weight more)
-    SC   the scale codes, 4 bits each: per 8 sub-blocks one 64-byte vector whose i32 lane r holds
-         row r's 8 codes, sub-block k in bits 4k .. 4k + 3
-    D    16 float16: each row's super-block scale
+    SGN  8 bytes per step (4 columns; what one vpdpbusd multiplies): bit 4 r + c = the sign of
+         row r, column c (IQ2_XXS, IQ2_XS and IQ3_XXS store 7 of 8 sign bits, the 8th following
+         from even parity: all 8 are kept here, 1/8 bit per weight more than the file)
+    D    16 float16: each row's scale d
+    SC   per 8 sub-blocks, a 64-byte vector whose i32 lane r holds row r's 8 codes, sub-block k
+         in bits 4k .. 4k + 3
 
-    type     H  signs  sub-blocks  REC   file bytes (16 rows)
-    IQ2_XXS  0  yes     8 x 32     1120  1056  (1.061x)
-    IQ2_XS   1  yes    16 x 16     1248  1184  (1.054x)
-    IQ2_S    2  yes    16 x 16     1312  1312  (1.000x)
-    IQ3_XXS  0  yes     8 x 32     1632  1568  (1.041x)
-    IQ3_S    1  yes     8 x 32     1760  1760  (1.000x)
-    IQ1_S    4  no      8 x 32      864   800  (1.080x: the delta's sign is kept per 8, 3-bit codes take 4)
-    IQ1_M    4  no     16 x 16      928   896  (1.036x)
+    type     H  signs  sub-blocks  bytes  file's bytes (16 rows x 256 columns)
+    IQ2_XXS  0  yes     8 x 32     1120   1056  (1.061x)
+    IQ2_XS   1  yes    16 x 16     1248   1184  (1.054x)
+    IQ2_S    2  yes    16 x 16     1312   1312  (1.000x)
+    IQ3_XXS  0  yes     8 x 32     1632   1568  (1.041x)
+    IQ3_S    1  yes     8 x 32     1760   1760  (1.000x)
+    IQ1_S    4  no      8 x 32      864    800  (1.080x: the delta's sign per 8, codes of 3 bits in 4)
+    IQ1_M    4  no     16 x 16      928    896  (1.036x)
 
-Each type's decoder yields, for 8 columns (`pair`), the two step vectors of u (64 bytes each,
-byte 4 r + c = u of row r, column c of the step), and for a sub-block (`sub_scales`) its 16
-rows' scales as float32.
+The unpackers (quant/formats/grid_codes.py) hand over a byte per weight with its sign and its
+entry's index spread over the entry's first two weights; `pack` builds IDX, HI and SGN from
+them. The decoders: `pair` yields two consecutive steps (16 rows x 4 columns of u, 64 bytes,
+lane r = row r) from one lookup per row, `step` one of them, `scale` a sub-block's 16 scales.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numba import njit, prange
 
-from lowbit.quant.bits import packed_nibble, u16, u32
-from lowbit.quant.tables import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS
+from lowbit.quant.formats.iq1 import unpack_iq1_m, unpack_iq1_s
+from lowbit.quant.formats.iq2 import unpack_iq2_s, unpack_iq2_xs, unpack_iq2_xxs
+from lowbit.quant.formats.iq3 import unpack_iq3_s, unpack_iq3_xxs
+from lowbit.quant.tables import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
 
 from .simd import (add_f32x16, and_i32x16, gather_u32, gather_u32_generic, gather_u64, gather_u64_generic,
                    load_bytes64, load_f16x16_at, load_u8x16, load_u64, mul_f32x16, or_i32x16, pick_i32x16,
                    select_bytes, shift_i32x16, splat_f32, splat_i32, sub_i8x64, to_f32x16)
 
 GROUP = 16      # rows per group
-SUPER = 256     # columns per record
+BLOCK = 256     # columns per block
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -86,26 +90,28 @@ IQ3S_TABLE = _bytes_table(IQ3S_GRID, 16, np.uint32)         # 512
 IQ1_TABLE = _iq1_table()                                    # 4096
 
 
-# -- layouts -------------------------------------------------------------------------------
+# -- codes ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class GridLayout:
+class GridCode:
     name: str
-    cols: int           # columns per entry (grid index): 8 or 4
-    hbits: int          # index bits above the low 8
+    cols: int            # columns per entry (grid index): 8 or 4
+    hbits: int           # index bits above the low 8
     signs: bool
-    sub: int            # weights per scale code
-    offset: int         # OFF
-    scale_mul: float    # scale = d * (scale_mul * c + scale_add)
+    sub: int             # weights per scale code
+    offset: int          # OFF
+    scale_mul: float     # scale = d * (scale_mul * c + scale_add)
     scale_add: float
+    table: np.ndarray
+    unpack: Callable     # the type's unpacker (quant/formats)
 
     @property
     def entries(self) -> int:
-        return SUPER // self.cols
+        return BLOCK // self.cols
 
     @property
     def n_sub(self) -> int:
-        return SUPER // self.sub
+        return BLOCK // self.sub
 
     @property
     def hi_at(self) -> int:
@@ -116,204 +122,77 @@ class GridLayout:
         return self.hi_at + 2 * self.entries * self.hbits
 
     @property
-    def sc_at(self) -> int:
-        return self.sgn_at + (SUPER * GROUP // 8 if self.signs else 0)
+    def weight_bytes(self) -> int:
+        return self.sgn_at + (BLOCK * GROUP // 8 if self.signs else 0)
+
+    def scale_fields(self) -> tuple[int, ...]:
+        """Bytes per row of each scale field: d, then 4 bytes of codes per 8 sub-blocks."""
+        return (2,) + (4,) * (self.n_sub // 8)
 
     @property
-    def d_at(self) -> int:
-        return self.sc_at + 8 * self.n_sub
-
-    @property
-    def record(self) -> int:
-        return self.d_at + 2 * GROUP
+    def block_bytes(self) -> int:
+        return self.weight_bytes + GROUP * sum(self.scale_fields())
 
 
-LAYOUTS = {
-    "IQ2_XXS": GridLayout("IQ2_XXS", 8, 0, True, 32, 64, 0.25, 0.125),
-    "IQ2_XS": GridLayout("IQ2_XS", 8, 1, True, 16, 64, 0.25, 0.125),
-    "IQ2_S": GridLayout("IQ2_S", 8, 2, True, 16, 64, 0.25, 0.125),
-    "IQ3_XXS": GridLayout("IQ3_XXS", 4, 0, True, 32, 64, 0.5, 0.25),
-    "IQ3_S": GridLayout("IQ3_S", 4, 1, True, 32, 16, 2.0, 1.0),
-    "IQ1_S": GridLayout("IQ1_S", 8, 4, False, 32, 16, 0.25, 0.125),
-    "IQ1_M": GridLayout("IQ1_M", 8, 4, False, 16, 16, 0.25, 0.125),
-}
+CODES = {c.name: c for c in (
+    GridCode("IQ2_XXS", 8, 0, True, 32, 64, 0.25, 0.125, IQ2XXS_TABLE, unpack_iq2_xxs),
+    GridCode("IQ2_XS", 8, 1, True, 16, 64, 0.25, 0.125, IQ2XS_TABLE, unpack_iq2_xs),
+    GridCode("IQ2_S", 8, 2, True, 16, 64, 0.25, 0.125, IQ2S_TABLE, unpack_iq2_s),
+    GridCode("IQ3_XXS", 4, 0, True, 32, 64, 0.5, 0.25, IQ3XXS_TABLE, unpack_iq3_xxs),
+    GridCode("IQ3_S", 4, 1, True, 32, 16, 2.0, 1.0, IQ3S_TABLE, unpack_iq3_s),
+    GridCode("IQ1_S", 8, 4, False, 32, 16, 0.25, 0.125, IQ1_TABLE, unpack_iq1_s),
+    GridCode("IQ1_M", 8, 4, False, 16, 16, 0.25, 0.125, IQ1_TABLE, unpack_iq1_m),
+)}
 
 
-# -- reading the GGUF blocks: per 256 weights, the indices, the sign bytes (one per 8 weights,
-# bit k = weight k), the scale codes and the float16 bits of d ------------------------------------
+# -- packing (at load) -----------------------------------------------------------------------
 
 @njit(inline="always")
-def parse_iq2_xxs(w, o, idx, sg, codes):
-    for ib in range(8):
-        at = o + 2 + 8 * ib
-        aux = u32(w, at + 4)
-        codes[ib] = aux >> 28
-        for l in range(4):
-            idx[4 * ib + l] = w[at + l]
-            sg[4 * ib + l] = KSIGNS[(aux >> (7 * l)) & 127]
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq2_xs(w, o, idx, sg, codes):
-    for i in range(32):
-        q = u16(w, o + 2 + 2 * i)
-        idx[i] = q & 511
-        sg[i] = KSIGNS[q >> 9]
-    for j in range(16):
-        codes[j] = packed_nibble(w, o + 66, j)
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq2_s(w, o, idx, sg, codes):
-    for i in range(32):
-        idx[i] = w[o + 2 + i] | (((w[o + 66 + i // 4] >> (2 * (i % 4))) & 3) << 8)
-        sg[i] = w[o + 34 + i]
-    for j in range(16):
-        codes[j] = packed_nibble(w, o + 74, j)
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq3_xxs(w, o, idx, sg, codes):
-    for ib in range(8):
-        aux = u32(w, o + 66 + 4 * ib)
-        codes[ib] = aux >> 28
-        for l in range(4):
-            sg[4 * ib + l] = KSIGNS[(aux >> (7 * l)) & 127]
-        for s in range(8):
-            idx[8 * ib + s] = w[o + 2 + 8 * ib + s]
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq3_s(w, o, idx, sg, codes):
-    for i in range(64):
-        idx[i] = w[o + 2 + i] | (((w[o + 66 + i // 8] >> (i % 8)) & 1) << 8)
-    for i in range(32):
-        sg[i] = w[o + 74 + i]
-    for j in range(8):
-        codes[j] = packed_nibble(w, o + 106, j)
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq1_s(w, o, idx, sg, codes):
-    # index bits 8-10 from qh, bit 11 the sign of the delta (shared by the 32 weights of qh)
-    for ib in range(8):
-        qh = u16(w, o + 34 + 2 * ib)
-        codes[ib] = (qh >> 12) & 7
-        for l in range(4):
-            idx[4 * ib + l] = w[o + 2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8) | ((qh >> 15) << 11)
-    return u16(w, o)
-
-
-@njit(inline="always")
-def parse_iq1_m(w, o, idx, sg, codes):
-    # the 4 bits of qh per 8 weights are index bits 8-10 and the delta's sign, as the table wants
-    for i in range(32):
-        idx[i] = w[o + i] | (((w[o + 32 + i // 2] >> (4 * (i % 2))) & 15) << 8)
-    for j in range(16):
-        codes[j] = (u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7
-    sc0 = u16(w, o + 48)
-    sc1 = u16(w, o + 50)
-    sc2 = u16(w, o + 52)
-    sc3 = u16(w, o + 54)
-    return (sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000)
-
-
-PARSERS = {"IQ2_XXS": parse_iq2_xxs, "IQ2_XS": parse_iq2_xs, "IQ2_S": parse_iq2_s,
-           "IQ3_XXS": parse_iq3_xxs, "IQ3_S": parse_iq3_s, "IQ1_S": parse_iq1_s, "IQ1_M": parse_iq1_m}
-
-
-# -- repacking -----------------------------------------------------------------------------
-
-@njit(inline="always")
-def _place(rec, r, idx, sg, codes, dbits, entries, hbits, sgn_at, sc_at, d_at, n_sub, signs):
-    """Row r's parsed super-block into the record `rec` (a slice of one group's bytes)."""
+def _pack(tmp, q, base, cols, entries, hbits, sgn_at, signs):
+    """One block of a group from the unpackers' bytes, laid out in steps in tmp (byte 64 s +
+    4 r + c = row r, column 4 s + c): IDX, HI and SGN from q[base]."""
     hi_at = 16 * entries
     for e in range(entries):
-        rec[16 * e + r] = idx[e] & 255
-        if hbits:
-            per = 8 // hbits
-            rec[hi_at + 16 * (e // per) + r] |= (idx[e] >> 8) << (hbits * (e % per))
+        first = e * cols // 4 * 64      # the entry's first weight (row 0) in tmp
+        for r in range(GROUP):
+            index = (tmp[first + 4 * r] >> 1) | ((tmp[first + 4 * r + 1] >> 1) << 7)
+            q[base + 16 * e + r] = index & 255
+            if hbits:
+                per = 8 // hbits
+                q[base + hi_at + 16 * (e // per) + r] |= (index >> 8) << (hbits * (e % per))
     if signs:
-        for e8 in range(32):
-            for h in range(2):     # the two steps (4 columns each) of these 8 columns
-                nib = (sg[e8] >> (4 * h)) & 15
-                rec[sgn_at + 8 * (2 * e8 + h) + r // 2] |= nib << (4 * (r % 2))
-    for k in range(n_sub):
-        rec[sc_at + 64 * (k // 8) + 4 * r + (k % 8) // 2] |= codes[k] << (4 * (k % 2))
-    rec[d_at + 2 * r] = dbits & 255
-    rec[d_at + 2 * r + 1] = dbits >> 8
-
-
-def repack_kernel(layout: GridLayout):
-    """repack(rows, q): GGUF rows (n_rows, row bytes) -> q [G, n_super * REC], zero-filled."""
-    return _repack_kernels[layout.name]
-
-
-def _make_repack(layout: GridLayout, parse, type_size: int):
-    entries, hbits, signs, n_sub = layout.entries, layout.hbits, layout.signs, layout.n_sub
-    sgn_at, sc_at, d_at, rec_bytes = layout.sgn_at, layout.sc_at, layout.d_at, layout.record
-
-    @njit(parallel=True)
-    def repack(rows, q):
-        n_rows = rows.shape[0]
-        n_super = q.shape[1] // rec_bytes
-        for g in prange(q.shape[0]):
-            idx = np.zeros(entries, np.int64)
-            sg = np.zeros(32, np.int64)
-            codes = np.zeros(n_sub, np.int64)
+        for s in range(BLOCK // 4):
             for r in range(GROUP):
-                row = g * GROUP + r
-                if row >= n_rows:
-                    break
-                for b in range(n_super):
-                    dbits = parse(rows[row], b * type_size, idx, sg, codes)
-                    rec = q[g, b * rec_bytes:(b + 1) * rec_bytes]
-                    _place(rec, r, idx, sg, codes, dbits, entries, hbits, sgn_at, sc_at, d_at, n_sub, signs)
-
-    return repack
+                b = 0
+                for c in range(4):
+                    b |= (tmp[64 * s + 4 * r + c] & 1) << c
+                q[base + sgn_at + 8 * s + r // 2] |= b << (4 * (r % 2))
 
 
-_TYPE_SIZES = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ2_S": 82, "IQ3_XXS": 98, "IQ3_S": 110, "IQ1_S": 50, "IQ1_M": 56}
-_repack_kernels = {n: _make_repack(LAYOUTS[n], PARSERS[n], _TYPE_SIZES[n]) for n in LAYOUTS}
-
-
-def repack_grid(rows: np.ndarray, name: str, n_rows: int, n_cols: int) -> np.ndarray:
-    """q [G, n_cols / 256 * REC] for validated block rows of a grid type."""
-    layout = LAYOUTS[name]
-    q = np.zeros((-(-n_rows // GROUP), n_cols // SUPER * layout.record), np.uint8)
-    _repack_kernels[name](rows, q)
-    return q
-
-
-# -- in-register decoders --------------------------------------------------------------------
+# -- in-register decoders ----------------------------------------------------------------------
 
 @njit(inline="always")
-def _index(qg, base, e, hi_at, hbits):
-    """The 16 rows' grid indices of entry e of the record at `base`, one per i32 lane."""
-    v = load_u8x16(qg, base + 16 * e)
+def _index(q, base, e, hi_at, hbits):
+    """The 16 rows' grid indices of entry e of the block at `base`, one per i32 lane."""
+    v = load_u8x16(q, base + 16 * e)
     if hbits == 0:
         return v
     per = 8 // hbits
-    hi = load_u8x16(qg, base + hi_at + 16 * (e // per))
+    hi = load_u8x16(q, base + hi_at + 16 * (e // per))
     return or_i32x16(v, and_i32x16(shift_i32x16(hi, 8 - hbits * (e % per)), splat_i32(((1 << hbits) - 1) << 8)))
 
 
 @njit(inline="always")
-def _signed(qg, at, t, neg):
+def _signed(q, at, t, neg):
     """t with the bytes whose sign bit (the 64-bit word at byte `at`) is set replaced by neg - t."""
-    return select_bytes(load_u64(qg, at), sub_i8x64(neg, t), t)
+    return select_bytes(load_u64(q, at), sub_i8x64(neg, t), t)
 
 
 @njit(inline="always")
-def _pair8(qg, base, j, table, hi_at, hbits, sgn_at, off, native):
-    """Steps 2j, 2j + 1 (columns 8j .. 8j + 7) for 8-byte grid entries: two 8-row gathers, then
-    the first and the second 4 bytes of each entry (IQ2_*, IQ1_*)."""
-    idx = _index(qg, base, j, hi_at, hbits)
+def _pair8(q, base, s, table, hi_at, hbits, sgn_at, off, native):
+    """Steps s, s + 1 (s even: columns 4s .. 4s + 7) for 8-byte grid entries: two 8-row
+    gathers, then the first and the second 4 bytes of each entry (IQ2_*, IQ1_*)."""
+    idx = _index(q, base, s >> 1, hi_at, hbits)
     if native:
         a = gather_u64(table, idx, 0)
         b = gather_u64(table, idx, 1)
@@ -325,61 +204,122 @@ def _pair8(qg, base, j, table, hi_at, hbits, sgn_at, off, native):
     if sgn_at < 0:
         return t0, t1
     neg = splat_i32(0x01010101 * 2 * off)
-    return _signed(qg, base + sgn_at + 16 * j, t0, neg), _signed(qg, base + sgn_at + 16 * j + 8, t1, neg)
+    return _signed(q, base + sgn_at + 8 * s, t0, neg), _signed(q, base + sgn_at + 8 * s + 8, t1, neg)
 
 
 @njit(inline="always")
-def _pair4(qg, base, j, table, hi_at, hbits, sgn_at, off, native):
-    """Steps 2j, 2j + 1 for 4-byte grid entries: one 16-row gather each (IQ3_*)."""
-    i0 = _index(qg, base, 2 * j, hi_at, hbits)
-    i1 = _index(qg, base, 2 * j + 1, hi_at, hbits)
-    if native:
-        t0 = gather_u32(table, i0)
-        t1 = gather_u32(table, i1)
-    else:
-        t0 = gather_u32_generic(table, i0)
-        t1 = gather_u32_generic(table, i1)
+def _step4(q, base, s, table, hi_at, hbits, sgn_at, native):
+    """Step s for 4-byte grid entries (IQ3_*): one 16-row gather."""
+    idx = _index(q, base, s, hi_at, hbits)
+    t = gather_u32(table, idx) if native else gather_u32_generic(table, idx)
+    return t, base + sgn_at + 8 * s
+
+
+@njit(inline="always")
+def _pair4(q, base, s, table, hi_at, hbits, sgn_at, off, native):
+    t0, at0 = _step4(q, base, s, table, hi_at, hbits, sgn_at, native)
+    t1, at1 = _step4(q, base, s + 1, table, hi_at, hbits, sgn_at, native)
     neg = splat_i32(0x01010101 * 2 * off)
-    return _signed(qg, base + sgn_at + 16 * j, t0, neg), _signed(qg, base + sgn_at + 16 * j + 8, t1, neg)
+    return _signed(q, at0, t0, neg), _signed(q, at1, t1, neg)
 
 
 @njit(inline="always")
-def _sub_scales(qg, base, k, sc_at, d_at, mul, add):
-    """The 16 rows' scales of sub-block k of the record at `base`: d * (mul * code + add)."""
-    codes = load_bytes64(qg, base + sc_at + 64 * (k // 8))
+def _scale(q, at, k, mul, add):
+    """The 16 rows' scales of sub-block k from the block's scale area at `at`: d (mul c + add)."""
+    codes = load_bytes64(q, at + 32 + 64 * (k // 8))
     c = to_f32x16(and_i32x16(shift_i32x16(codes, -4 * (k % 8)), splat_i32(15)))
     m = add_f32x16(mul_f32x16(c, splat_f32(np.float32(mul))), splat_f32(np.float32(add)))
-    return mul_f32x16(m, load_f16x16_at(qg, base + d_at))
+    return mul_f32x16(m, load_f16x16_at(q, at))
 
 
-def _decoders(layout: GridLayout, table, pair_fn, native: bool):
-    hi_at, hbits, off = layout.hi_at, layout.hbits, layout.offset
-    sgn_at = layout.sgn_at if layout.signs else -1
-    sc_at, d_at = layout.sc_at, layout.d_at
-    mul, add = layout.scale_mul, layout.scale_add
+@dataclass(frozen=True)
+class Decoders:
+    pair: Callable      # (q, base, nsteps, s) -> (step s, step s + 1), s even
+    step: Callable      # (q, base, nsteps, s) -> step s
+    scale: Callable     # (q, at, n_sub, j) -> sub-block j's scales
+    pack: Callable      # (tmp, q, base, nsteps)
+
+
+def decoders(code: GridCode, native: bool = True) -> Decoders:
+    """The njit decoders of a grid code; native=False: the gathers as scalar loads (any CPU)."""
+    table, hi_at, hbits, off = code.table, code.hi_at, code.hbits, code.offset
+    sgn_at = code.sgn_at if code.signs else -1
+    mul, add = code.scale_mul, code.scale_add
+    cols, entries, signs = code.cols, code.entries, code.signs
+    pair_fn = _pair8 if cols == 8 else _pair4
 
     @njit(inline="always")
-    def pair(qg, base, j):
-        return pair_fn(qg, base, j, table, hi_at, hbits, sgn_at, off, native)
+    def pair(q, base, nsteps, s):
+        return pair_fn(q, base, s, table, hi_at, hbits, sgn_at, off, native)
 
     @njit(inline="always")
-    def sub_scales(qg, base, k):
-        return _sub_scales(qg, base, k, sc_at, d_at, mul, add)
+    def step(q, base, nsteps, s):
+        w = pair(q, base, nsteps, s & ~1)
+        return w[s & 1]
 
-    return pair, sub_scales
+    @njit(inline="always")
+    def scale(q, at, n_sub, j):
+        return _scale(q, at, j, mul, add)
+
+    @njit(inline="always")
+    def pack(tmp, q, base, nsteps):
+        _pack(tmp, q, base, cols, entries, hbits, sgn_at, signs)
+
+    return Decoders(pair, step, scale, pack)
 
 
-_TABLES = {"IQ2_XXS": (IQ2XXS_TABLE, _pair8), "IQ2_XS": (IQ2XS_TABLE, _pair8), "IQ2_S": (IQ2S_TABLE, _pair8),
-           "IQ3_XXS": (IQ3XXS_TABLE, _pair4), "IQ3_S": (IQ3S_TABLE, _pair4),
-           "IQ1_S": (IQ1_TABLE, _pair8), "IQ1_M": (IQ1_TABLE, _pair8)}
+# -- repacking (the kernel framework's, for these types until they join it) -------------------
+
+def _make_repack(code: GridCode):
+    unpack, pack = code.unpack, decoders(code).pack
+    weight_bytes, block_bytes = code.weight_bytes, code.block_bytes
+    fields = code.scale_fields()
+    rec_bytes = sum(fields)
+    widths = np.array(fields, np.int64)
+    src = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    type_size = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ2_S": 82, "IQ3_XXS": 98, "IQ3_S": 110, "IQ1_S": 50,
+                 "IQ1_M": 56}[code.name]
+
+    @njit(parallel=True)
+    def repack(rows, q):
+        n_rows = rows.shape[0]
+        n_blocks = rows.shape[1] // type_size
+        for g in prange(q.shape[0]):
+            u = np.zeros(BLOCK, np.uint8)
+            rec = np.zeros(rec_bytes, np.uint8)
+            y = np.zeros(BLOCK, np.float32)
+            tmp = np.zeros(BLOCK * GROUP, np.uint8)
+            qg = q[g]
+            for bk in range(n_blocks):
+                base = bk * block_bytes
+                tmp[:] = 0
+                for ri in range(GROUP):
+                    r = g * GROUP + ri
+                    if r >= n_rows:
+                        break
+                    unpack(rows[r], bk * type_size, u, rec, y)
+                    for i in range(BLOCK):
+                        tmp[(i >> 2) * 64 + ri * 4 + (i & 3)] = u[i]
+                    for f in range(widths.shape[0]):
+                        at = base + weight_bytes + GROUP * src[f] + ri * widths[f]
+                        for k in range(widths[f]):
+                            qg[at + k] = rec[src[f] + k]
+                pack(tmp, qg, base, BLOCK // 4)
+
+    return repack
 
 
-def decoders(name: str, native: bool = True):
-    """(pair, sub_scales) of a grid type: njit functions (qg, base, j) -> (step 2j, step 2j + 1)
-    as i32x16 u bytes, and (qg, base, k) -> f32x16 scales of sub-block k; `base` is a record's
-    first byte in the group's bytes qg. native=False: the gathers as scalar loads (any CPU)."""
-    table, pair_fn = _TABLES[name]
-    return _decoders(LAYOUTS[name], table, pair_fn, native)
+_repack_kernels = {}
+
+
+def repack_grid(rows: np.ndarray, name: str, n_rows: int, n_cols: int) -> np.ndarray:
+    """q [G, n_cols / 256 * block_bytes] for validated block rows of a grid type."""
+    code = CODES[name]
+    if name not in _repack_kernels:
+        _repack_kernels[name] = _make_repack(code)
+    q = np.zeros((-(-n_rows // GROUP), n_cols // BLOCK * code.block_bytes), np.uint8)
+    _repack_kernels[name](rows, q)
+    return q
 
 
 # -- the product kernel (symmetric: w = scale * (u - OFF)) ----------------------------------------
@@ -400,10 +340,12 @@ def grid_kernel(name: str, planes: int, native: bool = True):
     """kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out): out (T, N) = W x for a
     grid type's repacked W and P activation planes (packed.py's QuantizedActivations); the
     arguments are packed_kernel's, scale and mn unused (the scales are in q)."""
-    layout = LAYOUTS[name]
-    pair, sub_scales = decoders(name, native)
-    rec, sub, n_sub_rec = layout.record, layout.sub, layout.n_sub
-    pairs = sub // 8                # 8-column pairs of steps per sub-block
+    code = CODES[name]
+    dec = decoders(code, native)
+    pair, scale_of = dec.pair, dec.scale
+    rec, weight_bytes, sub, n_sub_rec = code.block_bytes, code.weight_bytes, code.sub, code.n_sub
+    pairs = sub // 8                # pairs of steps per sub-block
+    nsteps = BLOCK // 4
     halves = sub // 16
     lo = 1.0 / STEP ** 2
     key = f"{name} native={native}"  # in the numba cache key: the inlined decoders differ per type
@@ -437,7 +379,7 @@ def grid_kernel(name: str, planes: int, native: bool = True):
     def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
         assert len(key) > 0
         n_super = q.shape[1] // rec
-        n_cols = n_super * SUPER
+        n_cols = n_super * BLOCK
         n_sub = n_cols // sub
         n_tb = n_tokens * n_sub
         dsc = np.empty(n_tb, np.float32)
@@ -469,10 +411,10 @@ def grid_kernel(name: str, planes: int, native: bool = True):
                 for sb in range(n_super):
                     base = sb * rec
                     for k in range(n_sub_rec):
-                        store_f32x16(sct, (sb * n_sub_rec + k) * GROUP, sub_scales(qg, base, k))
-                    for j in range(SUPER // 8):
-                        w0, w1 = pair(qg, base, j)
-                        at = (sb * SUPER + 8 * j) * GROUP
+                        store_f32x16(sct, (sb * n_sub_rec + k) * GROUP, scale_of(qg, base + weight_bytes, n_sub_rec, k))
+                    for s in range(0, nsteps, 2):
+                        w0, w1 = pair(qg, base, nsteps, s)
+                        at = (sb * BLOCK + 4 * s) * GROUP
                         store_bytes64(tile, at, w0)
                         store_bytes64(tile, at + 64, w1)
                 while t + 4 <= n_tokens:
@@ -537,9 +479,9 @@ def grid_kernel(name: str, planes: int, native: bool = True):
                         j0 = zeros_i32x16()
                         h0 = zeros_i32x16()
                         for p in range(pairs):
-                            jj = kk * pairs + p
-                            k = x0 + sb * SUPER + 8 * jj
-                            wa, wb = pair(qg, base, jj)
+                            st = kk * 2 * pairs + 2 * p
+                            k = x0 + sb * BLOCK + 4 * st
+                            wa, wb = pair(qg, base, nsteps, st)
                             i0 = dot_u8s8(i0, wa, splat_bytes4(p1, k))
                             i1 = dot_u8s8(i1, wb, splat_bytes4(p1, k + 4))
                             if planes >= 2:
@@ -548,7 +490,7 @@ def grid_kernel(name: str, planes: int, native: bool = True):
                             if planes >= 3:
                                 h0 = dot_u8s8(h0, wa, splat_bytes4(p3, k))
                                 h0 = dot_u8s8(h0, wb, splat_bytes4(p3, k + 4))
-                        scv = sub_scales(qg, base, kk)
+                        scv = scale_of(qg, base + weight_bytes, n_sub_rec, kk)
                         a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, offv, t * n_sub + sb * n_sub_rec + kk,
                                     dsc, s1f, s23f)
                 put(out, t, g, n_rows, a0)

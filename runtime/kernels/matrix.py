@@ -14,7 +14,7 @@ from lowbit.quant.tensor_bytes import as_block_rows
 from lowbit.quant.types import QuantType
 
 from .fused import matmul_kernel, matvec_kernel
-from .grids import LAYOUTS as GRID_LAYOUTS, grid_kernel, repack_grid
+from .grids import CODES as GRID_CODES, grid_kernel, repack_grid
 from .packed import ACTIVATION_PLANES, QuantizedActivations, packed_kernel
 from .repack import GROUP, repack, unpacking
 
@@ -62,7 +62,7 @@ class QuantMatrix:
         # Quantized types run the integer kernels over a repacked copy (built on first use);
         # the float types keep the generic decode-and-dot kernels.
         self.unpacking = unpacking(qtype)
-        self.grid = qtype.name in GRID_LAYOUTS    # grid types keep the file's bits (grids.py)
+        self.grid = qtype.name in GRID_CODES    # grid types keep the file's bits (grids.py)
         self._packed = None
         self._offsets = None
         self._calls = {}
