@@ -314,12 +314,13 @@ def blas_threads_set(n: int):
 
 def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[int], reps: int,
           cold: bool = False, startup_runs: bool = True, blas_threads: int = 1,
-          progress: Callable[[str, int], None] | None = None) -> list[dict]:
+          progress: Callable[[str, int], None] | None = None, precision: str = "fast") -> list[dict]:
     """Benchmark each model at each thread count (numba's threads; the caller has checked the
     counts); one result dict per (model, threads, test). numpy's BLAS pool (the attention's
     matmuls) runs at blas_threads meanwhile (see the module docstring for why 1 is the default).
     "rss_after_imports" is the resident set when the call begins: in `lowbit bench`, after the
-    imports and before any model is loaded.
+    imports and before any model is loaded. precision: the activation precision of the integer
+    products ("fast" or "exact", runtime/model.py).
     """
     import gc
 
@@ -349,6 +350,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
             gc.collect()
             peak_reset = reset_peak_rss()
             model = Model.load(path)
+            model.precision = precision
             info = model_info(model.gguf)
             longest = max([t.n for t in tests], default=1)
             tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, longest)
@@ -370,7 +372,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                         "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
                         "n_threads": numba.get_num_threads(), "test": test.name,
                         "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
-                        "reps": reps, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "reps": reps, "precision": precision, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "avg_ns": round(avg_s * 1e9), "stddev_ns": round(std_s * 1e9),
                         "avg_ts": avg_ts, "stddev_ts": std_ts,
                         "samples_ns": [round(s * 1e9) for s in seconds], "samples_ts": tps,
@@ -429,7 +431,8 @@ def format_table(results: list[dict]) -> str:
         peak = "peak RSS" if m["peak_is_per_model"] else "process peak RSS so far"
         out.append(f"memory {r['model_type']} {r['file_type']}: {peak} {m['peak_rss'] / 2**20:.1f} MiB, "
                    f"{m['peak_above_imports'] / 2**20:.1f} MiB above the {m['rss_after_imports'] / 2**20:.1f} MiB "
-                   f"resident after imports; file {r['model_size'] / 2**20:.1f} MiB")
+                   f"resident after imports = {m['peak_above_imports'] / r['model_size']:.2f}x the file "
+                   f"({r['model_size'] / 2**20:.1f} MiB)")
         for s in r["startup"]:
             out.append(f"start-up {r['model_type']} {r['file_type']} (numba cache {s['cache']}, {s['kernels_compiled']} kernels "
                        f"compiled, {s['threads']} threads): first token {s['first_token_seconds']:.2f} s after "
@@ -448,7 +451,9 @@ def format_table(results: list[dict]) -> str:
         out.append(f"machine: {r['cpu_info']}, {r['n_cores']} cores{load}; numba {threads} threads "
                    f"({r['numba_threading_layer']} layer), {blas}; lowbit {r['lowbit_version']}, "
                    f"Python {r['python_version']}, numpy {r['numpy_version']}, numba {r['numba_version']}, "
-                   f"llvmlite {r['llvmlite_version']}; mean ± sample std of {r['reps']} run{'s' if r['reps'] > 1 else ''} after a warm-up")
+                   f"llvmlite {r['llvmlite_version']}; activations: {r.get('precision', 'exact')} "
+                   f"({'one int8 plane' if r.get('precision') == 'fast' else 'three int8 planes'} per block of 32); "
+                   f"mean ± sample std of {r['reps']} run{'s' if r['reps'] > 1 else ''} after a warm-up")
     return "\n".join(out)
 
 

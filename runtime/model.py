@@ -14,22 +14,32 @@ from lowbit.quant.gguffile import GGUFFile, open_gguf
 
 from .config import ModelConfig, ModelError, read_config
 from .kernels import QuantMatrix, StackedMatrix
+from .kernels.packed import ACTIVATION_PLANES, PARALLEL_QUANTIZE_TOKENS
 from .kernels.attention import attention, cache_length
 from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
 from .ops import rope_tables
+
+
+# Activation precision of the integer kernels (kernels/packed.py): "exact" quantizes activations
+# to three int8 planes per block of 32 (float32-exact products: perplexity, KL-divergence);
+# "fast" to one plane, as llama.cpp's Q8_0 activations (generation, chat, bench).
+PRECISIONS = {"exact": ACTIVATION_PLANES, "fast": 1}
+# The warm-up prompt of Model.prepare: long enough for the kernels' many-token variants.
+PREPARE_TOKENS = PARALLEL_QUANTIZE_TOKENS
 
 
 class Linear:
     """y = W x (+ b) for one weight matrix, choosing the kernel by the number of tokens.
 
     observer(name, x), when set, sees every batch of activations entering the matrix (this is
-    how importance matrices are collected).
+    how importance matrices are collected). planes: the activation precision (PRECISIONS).
     """
 
     def __init__(self, matrix: QuantMatrix, bias: np.ndarray | None = None):
         self.matrix = matrix
         self.bias = bias
         self.observer = None
+        self.planes = ACTIVATION_PLANES
 
     @property
     def name(self) -> str:
@@ -42,7 +52,7 @@ class Linear:
             self.observer(self.name, x)
         m = self.matrix
         if m.integer:
-            y = m.matmul_quantized(qa if qa is not None else m.quantize(x))
+            y = m.matmul_quantized(qa if qa is not None else m.quantize(x, self.planes))
         else:
             y = m.matvec(x[0])[None, :] if x.shape[0] == 1 else m.matmul(x)
         if self.bias is not None:
@@ -53,7 +63,7 @@ class Linear:
 def quantize_for(x: np.ndarray, *linears: Linear):
     """x quantized once for the integer kernels of all these matrices, or None."""
     if all(lin.matrix.integer for lin in linears):
-        return linears[0].matrix.quantize(x)
+        return linears[0].matrix.quantize(x, linears[0].planes)
     return None
 
 
@@ -78,7 +88,7 @@ class LinearGroup:
         for lin in self.linears:
             if lin.observer is not None:
                 lin.observer(lin.name, x)
-        y = self.stacked.matmul_quantized(self.linears[0].matrix.quantize(x))
+        y = self.stacked.matmul_quantized(self.linears[0].matrix.quantize(x, self.linears[0].planes))
         if self.bias is not None:
             y += self.bias
         return y
@@ -127,6 +137,7 @@ class Model:
         self.output = Linear(self._matrix(out_name))
         self.output_norm = self._vector("output_norm.weight")
         self.layers = [self._layer(i) for i in range(cfg.n_layer)]
+        self._precision = "exact"
         if self._embd.n_cols != cfg.n_embd:
             raise ModelError(f"token_embd.weight has rows of {self._embd.n_cols}, "
                              f"but the model's embedding length is {cfg.n_embd}")
@@ -174,6 +185,19 @@ class Model:
             post_ffn_norm=self._vector(p + "post_ffw_norm.weight", optional=self.cfg.arch.post_norms is False),
         )
 
+    @property
+    def precision(self) -> str:
+        """The activation precision of the integer products: "exact" (the default) or "fast"."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, name: str) -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+        self._precision = name
+        for lin in self.linears(include_output=True):
+            lin.planes = PRECISIONS[name]
+
     def linears(self, include_output: bool = False) -> list[Linear]:
         found = [lin for L in self.layers for lin in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)]
         return found + [self.output] if include_output else found
@@ -195,6 +219,16 @@ class Model:
         if old is None:
             raise ModelError(f"the model has no weight matrix {name}")
         return old
+
+    def prepare(self) -> None:
+        """Do now what the first forward passes would otherwise do on the way: repack every
+        matrix into its kernel layout (stacking q/k/v and gate/up) and load each kernel from
+        numba's disk cache, by running a short prompt and one token on a scratch cache (as
+        llama.cpp's tools warm up with an empty run). Commands call it while loading, so that
+        the time is reported as load time and token rates stay honest."""
+        cache = self.new_cache(PREPARE_TOKENS + 1)
+        self.forward(np.zeros(PREPARE_TOKENS, dtype=np.int64), cache)
+        self.forward(np.zeros(1, dtype=np.int64), cache)
 
     # -- running -----------------------------------------------------------------------------
 

@@ -45,7 +45,9 @@ def test_one_table_for_several_models(models):
         assert r[1].endswith("MiB") and r[2].endswith(" M")
     after = done.stdout.split("\n\n", 1)[1]
     assert after.count("memory ") == 2 and "MiB resident after imports" in after
+    assert after.count("x the file (") == 2
     assert "machine:" in after and "numba 1 threads" in after
+    assert "activations: fast (one int8 plane per block of 32)" in after
     assert "start-up" not in after
 
 
@@ -120,3 +122,24 @@ def test_parse_counts():
     assert parse_count("3", "-r", 1) == 3
     with pytest.raises(BenchError):
         parse_counts("1,,2", "-t")
+
+
+def test_exact_activations_on_request(models):
+    done = lowbit(models[1], "-p", "8", "-n", "2", "-r", "1", "-t", "1", "--no-startup", "--exact", "--json")
+    assert done.returncode == 0, done.stderr
+    assert {r["precision"] for r in json.loads(done.stdout)} == {"exact"}
+    both = lowbit(models[1], "--exact", "--fast")
+    assert both.returncode != 0 and "not allowed with argument" in both.stderr
+
+
+@pytest.mark.real
+def test_qwen_resident_memory_is_at_most_130_percent_of_the_file():
+    # The whole process's peak above the post-import baseline (file-backed pages of the map
+    # included) while the 1.5B model is loaded, repacked and run
+    from conftest import real_model
+    path = real_model("qwen2.5-coder-1.5b")
+    done = lowbit(path, "-p", "64", "-n", "4", "-r", "1", "-t", "2", "--no-startup", "--json")
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)[0]
+    assert r["memory"]["peak_is_per_model"]
+    assert r["memory"]["peak_above_imports"] <= 1.3 * r["model_size"], r["memory"]

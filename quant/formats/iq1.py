@@ -15,7 +15,7 @@ from numba import njit
 from ..bits import f16, f16_bits_to_f32, u16
 from ..encode_helpers import f32_to_f16_bits, put_f16, put_u16, round_to_f16
 from ..tables import IQ1_DELTA, IQ1S_GRID
-from ..types import register
+from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
 
 
@@ -491,5 +491,6 @@ def unpack_iq1_m(w, o, u, rec, y):
     rec[1] = d >> 8
 
 
-IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s)
-IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m)
+# u: the index bits of grid_codes.py (no signs); scale codes in nibbles, u in units of d (2c + 1) / 8
+IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s, Packing("iq1_s", "f16_nib_quarter", 32, 16, unpack_iq1_s))
+IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m, Packing("iq1_m", "f16_nib_quarter", 16, 16, unpack_iq1_m))

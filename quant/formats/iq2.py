@@ -26,7 +26,7 @@ from numba import njit
 from ..bits import f16, packed_nibble, u16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f16
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
-from ..types import register
+from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
 
 
@@ -513,6 +513,7 @@ def unpack_iq2_s(w, o, u, rec, y):
         put_code(rec, j, packed_nibble(w, o + 74, j))
 
 
-IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs)
-IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs)
-IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s)
+# u: the sign and index bits of grid_codes.py; scale codes in nibbles
+IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs, Packing("iq2_xxs", "f16_nib_quarter", 32, 64, unpack_iq2_xxs))
+IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs, Packing("iq2_xs", "f16_nib_quarter", 16, 64, unpack_iq2_xs))
+IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s, Packing("iq2_s", "f16_nib_quarter", 16, 64, unpack_iq2_s))

@@ -27,7 +27,7 @@ from numba import njit
 from ..bits import f16, packed_nibble, u32
 from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
-from ..types import register
+from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
 
 
@@ -370,5 +370,6 @@ def unpack_iq3_s(w, o, u, rec, y):
         put_code(rec, j, packed_nibble(w, o + 106, j))
 
 
-IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs)
-IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s)
+# u: the sign and index bits of grid_codes.py; scale codes in nibbles
+IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs, Packing("iq3_xxs", "f16_nib_half", 32, 64, unpack_iq3_xxs))
+IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s, Packing("iq3_s", "f16_nib_odd", 32, 16, unpack_iq3_s))

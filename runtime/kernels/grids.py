@@ -20,8 +20,9 @@ The tables hold the bytes OFF + |grid| (IQ1: 16 + 8 grid + 1, or - 1 where the d
 negative, the delta's sign being a 12th index bit), so that a negative sign makes u = 2 OFF - t:
 one masked byte subtraction.
 
-Layout, per block of 256 columns of a group of 16 rows (layout.py: weights, then scales). An
-"entry" is one grid index per row, for 8 columns (IQ2, IQ1: 32 entries) or 4 (IQ3: 64):
+Layout, per block of 256 columns of a group of 16 rows (layout.py: the weights, then the scale
+fields of scale_codes.py's f16_nib_* encodings). An "entry" is one grid index per row, for 8
+columns (IQ2, IQ1: 32 entries) or 4 (IQ3: 64):
 
     IDX  16 bytes per entry: byte r = the low 8 bits of row r's index
     HI   the index bits above 8 (H = 1, 2 or 4 of them), 8 / H entries to a byte: entry e's bits
@@ -29,6 +30,7 @@ Layout, per block of 256 columns of a group of 16 rows (layout.py: weights, then
     SGN  8 bytes per step (4 columns; what one vpdpbusd multiplies): bit 4 r + c = the sign of
          row r, column c (IQ2_XXS, IQ2_XS and IQ3_XXS store 7 of 8 sign bits, the 8th following
          from even parity: all 8 are kept here, 1/8 bit per weight more than the file)
+  then the scales:
     D    16 float16: each row's scale d
     SC   per 8 sub-blocks, a 64-byte vector whose i32 lane r holds row r's 8 codes, sub-block k
          in bits 4k .. 4k + 3
@@ -44,28 +46,25 @@ Layout, per block of 256 columns of a group of 16 rows (layout.py: weights, then
 
 The unpackers (quant/formats/grid_codes.py) hand over a byte per weight with its sign and its
 entry's index spread over the entry's first two weights; `pack` builds IDX, HI and SGN from
-them. The decoders: `pair` yields two consecutive steps (16 rows x 4 columns of u, 64 bytes,
-lane r = row r) from one lookup per row, `step` one of them, `scale` a sub-block's 16 scales.
+them. The decoders (weight_codes.py's interface): `pair` yields two consecutive steps (16 rows
+x 4 columns of u, 64 bytes, lane r = row r) from one lookup per row, `step` one of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from lowbit.quant.formats.iq1 import unpack_iq1_m, unpack_iq1_s
-from lowbit.quant.formats.iq2 import unpack_iq2_s, unpack_iq2_xs, unpack_iq2_xxs
-from lowbit.quant.formats.iq3 import unpack_iq3_s, unpack_iq3_xxs
 from lowbit.quant.tables import IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID
 
-from .simd import (add_f32x16, and_i32x16, gather_u32, gather_u32_generic, gather_u64, gather_u64_generic,
-                   load_bytes64, load_f16x16_at, load_u8x16, load_u64, mul_f32x16, or_i32x16, pick_i32x16,
-                   select_bytes, shift_i32x16, splat_f32, splat_i32, sub_i8x64, to_f32x16)
+from .layout import GROUP
+from .simd import (and_i32x16, gather_u32, gather_u32_generic, gather_u64, gather_u64_generic, load_u8x16,
+                   load_u64, or_i32x16, pick_i32x16, select_bytes, shift_i32x16, splat_i32, sub_i8x64)
+from .weight_codes import WeightCode
 
-GROUP = 16      # rows per group
-BLOCK = 256     # columns per block
+BLOCK = 256     # columns per block: the grid types' only block size
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -98,20 +97,12 @@ class GridCode:
     cols: int            # columns per entry (grid index): 8 or 4
     hbits: int           # index bits above the low 8
     signs: bool
-    sub: int             # weights per scale code
-    offset: int          # OFF
-    scale_mul: float     # scale = d * (scale_mul * c + scale_add)
-    scale_add: float
+    offset: int          # OFF: the table's bytes are OFF + |grid|
     table: np.ndarray
-    unpack: Callable     # the type's unpacker (quant/formats)
 
     @property
     def entries(self) -> int:
         return BLOCK // self.cols
-
-    @property
-    def n_sub(self) -> int:
-        return BLOCK // self.sub
 
     @property
     def hi_at(self) -> int:
@@ -125,23 +116,15 @@ class GridCode:
     def weight_bytes(self) -> int:
         return self.sgn_at + (BLOCK * GROUP // 8 if self.signs else 0)
 
-    def scale_fields(self) -> tuple[int, ...]:
-        """Bytes per row of each scale field: d, then 4 bytes of codes per 8 sub-blocks."""
-        return (2,) + (4,) * (self.n_sub // 8)
 
-    @property
-    def block_bytes(self) -> int:
-        return self.weight_bytes + GROUP * sum(self.scale_fields())
-
-
-CODES = {c.name: c for c in (
-    GridCode("IQ2_XXS", 8, 0, True, 32, 64, 0.25, 0.125, IQ2XXS_TABLE, unpack_iq2_xxs),
-    GridCode("IQ2_XS", 8, 1, True, 16, 64, 0.25, 0.125, IQ2XS_TABLE, unpack_iq2_xs),
-    GridCode("IQ2_S", 8, 2, True, 16, 64, 0.25, 0.125, IQ2S_TABLE, unpack_iq2_s),
-    GridCode("IQ3_XXS", 4, 0, True, 32, 64, 0.5, 0.25, IQ3XXS_TABLE, unpack_iq3_xxs),
-    GridCode("IQ3_S", 4, 1, True, 32, 16, 2.0, 1.0, IQ3S_TABLE, unpack_iq3_s),
-    GridCode("IQ1_S", 8, 4, False, 32, 16, 0.25, 0.125, IQ1_TABLE, unpack_iq1_s),
-    GridCode("IQ1_M", 8, 4, False, 16, 16, 0.25, 0.125, IQ1_TABLE, unpack_iq1_m),
+GRIDS = {c.name: c for c in (
+    GridCode("iq2_xxs", 8, 0, True, 64, IQ2XXS_TABLE),
+    GridCode("iq2_xs", 8, 1, True, 64, IQ2XS_TABLE),
+    GridCode("iq2_s", 8, 2, True, 64, IQ2S_TABLE),
+    GridCode("iq3_xxs", 4, 0, True, 64, IQ3XXS_TABLE),
+    GridCode("iq3_s", 4, 1, True, 16, IQ3S_TABLE),
+    GridCode("iq1_s", 8, 4, False, 16, IQ1_TABLE),
+    GridCode("iq1_m", 8, 4, False, 16, IQ1_TABLE),
 )}
 
 
@@ -223,28 +206,13 @@ def _pair4(q, base, s, table, hi_at, hbits, sgn_at, off, native):
     return _signed(q, at0, t0, neg), _signed(q, at1, t1, neg)
 
 
-@njit(inline="always")
-def _scale(q, at, k, mul, add):
-    """The 16 rows' scales of sub-block k from the block's scale area at `at`: d (mul c + add)."""
-    codes = load_bytes64(q, at + 32 + 64 * (k // 8))
-    c = to_f32x16(and_i32x16(shift_i32x16(codes, -4 * (k % 8)), splat_i32(15)))
-    m = add_f32x16(mul_f32x16(c, splat_f32(np.float32(mul))), splat_f32(np.float32(add)))
-    return mul_f32x16(m, load_f16x16_at(q, at))
-
-
-@dataclass(frozen=True)
-class Decoders:
-    pair: Callable      # (q, base, nsteps, s) -> (step s, step s + 1), s even
-    step: Callable      # (q, base, nsteps, s) -> step s
-    scale: Callable     # (q, at, n_sub, j) -> sub-block j's scales
-    pack: Callable      # (tmp, q, base, nsteps)
-
-
-def decoders(code: GridCode, native: bool = True) -> Decoders:
-    """The njit decoders of a grid code; native=False: the gathers as scalar loads (any CPU)."""
+@lru_cache(maxsize=None)
+def grid_code(name: str, native: bool = True) -> WeightCode:
+    """The weight encoding of a grid type (GRIDS); native=False: the gathers as scalar loads,
+    as on a CPU without AVX-512 (the tests hold the two equal)."""
+    code = GRIDS[name]
     table, hi_at, hbits, off = code.table, code.hi_at, code.hbits, code.offset
     sgn_at = code.sgn_at if code.signs else -1
-    mul, add = code.scale_mul, code.scale_add
     cols, entries, signs = code.cols, code.entries, code.signs
     pair_fn = _pair8 if cols == 8 else _pair4
 
@@ -258,242 +226,11 @@ def decoders(code: GridCode, native: bool = True) -> Decoders:
         return w[s & 1]
 
     @njit(inline="always")
-    def scale(q, at, n_sub, j):
-        return _scale(q, at, j, mul, add)
-
-    @njit(inline="always")
     def pack(tmp, q, base, nsteps):
         _pack(tmp, q, base, cols, entries, hbits, sgn_at, signs)
 
-    return Decoders(pair, step, scale, pack)
+    assert code.weight_bytes % (BLOCK // 4) == 0
+    return WeightCode(name, code.weight_bytes // (BLOCK // 4), BLOCK // 4, step, pack, pair)
 
 
-# -- repacking (the kernel framework's, for these types until they join it) -------------------
-
-def _make_repack(code: GridCode):
-    unpack, pack = code.unpack, decoders(code).pack
-    weight_bytes, block_bytes = code.weight_bytes, code.block_bytes
-    fields = code.scale_fields()
-    rec_bytes = sum(fields)
-    widths = np.array(fields, np.int64)
-    src = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
-    type_size = {"IQ2_XXS": 66, "IQ2_XS": 74, "IQ2_S": 82, "IQ3_XXS": 98, "IQ3_S": 110, "IQ1_S": 50,
-                 "IQ1_M": 56}[code.name]
-
-    @njit(parallel=True)
-    def repack(rows, q):
-        n_rows = rows.shape[0]
-        n_blocks = rows.shape[1] // type_size
-        for g in prange(q.shape[0]):
-            u = np.zeros(BLOCK, np.uint8)
-            rec = np.zeros(rec_bytes, np.uint8)
-            y = np.zeros(BLOCK, np.float32)
-            tmp = np.zeros(BLOCK * GROUP, np.uint8)
-            qg = q[g]
-            for bk in range(n_blocks):
-                base = bk * block_bytes
-                tmp[:] = 0
-                for ri in range(GROUP):
-                    r = g * GROUP + ri
-                    if r >= n_rows:
-                        break
-                    unpack(rows[r], bk * type_size, u, rec, y)
-                    for i in range(BLOCK):
-                        tmp[(i >> 2) * 64 + ri * 4 + (i & 3)] = u[i]
-                    for f in range(widths.shape[0]):
-                        at = base + weight_bytes + GROUP * src[f] + ri * widths[f]
-                        for k in range(widths[f]):
-                            qg[at + k] = rec[src[f] + k]
-                pack(tmp, qg, base, BLOCK // 4)
-
-    return repack
-
-
-_repack_kernels = {}
-
-
-def repack_grid(rows: np.ndarray, name: str, n_rows: int, n_cols: int) -> np.ndarray:
-    """q [G, n_cols / 256 * block_bytes] for validated block rows of a grid type."""
-    code = CODES[name]
-    if name not in _repack_kernels:
-        _repack_kernels[name] = _make_repack(code)
-    q = np.zeros((-(-n_rows // GROUP), n_cols // BLOCK * code.block_bytes), np.uint8)
-    _repack_kernels[name](rows, q)
-    return q
-
-
-# -- the product kernel (symmetric: w = scale * (u - OFF)) ----------------------------------------
-
-from functools import lru_cache  # noqa: E402
-
-from lowbit.quant.jit_cache import cached_kernel  # noqa: E402
-
-from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_f32x16, shl_i32x16, splat_bytes4,  # noqa: E402
-                   store_bytes64, store_f32x16, sub_i32x16, zeros_f32x16, zeros_i32x16)
-
-QBLOCK = 32
-STEP = 254
-
-
-@lru_cache(maxsize=None)
-def grid_kernel(name: str, planes: int, native: bool = True):
-    """kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out): out (T, N) = W x for a
-    grid type's repacked W and P activation planes (packed.py's QuantizedActivations); the
-    arguments are packed_kernel's, scale and mn unused (the scales are in q)."""
-    code = CODES[name]
-    dec = decoders(code, native)
-    pair, scale_of = dec.pair, dec.scale
-    rec, weight_bytes, sub, n_sub_rec = code.block_bytes, code.weight_bytes, code.sub, code.n_sub
-    pairs = sub // 8                # pairs of steps per sub-block
-    nsteps = BLOCK // 4
-    halves = sub // 16
-    lo = 1.0 / STEP ** 2
-    key = f"{name} native={native}"  # in the numba cache key: the inlined decoders differ per type
-
-    @njit(inline="always")
-    def low_planes(i2, i3):
-        v = sub_i32x16(shl_i32x16(i2, 8), shl_i32x16(i2, 1))
-        return add_i32x16(v, i3) if planes >= 3 else v
-
-    @njit(inline="always")
-    def finish(acc, i1, i2, i3, scv, offv, tb, dsc, s1f, s23f):
-        sd = mul_f32x16(scv, splat_f32(load1(dsc, tb)))
-        v = fma_f32x16(offv, splat_f32(-load1(s1f, tb)), to_f32x16(i1))
-        if planes >= 2:
-            v23 = fma_f32x16(offv, splat_f32(-load1(s23f, tb)), to_f32x16(low_planes(i2, i3)))
-            v = fma_f32x16(splat_f32(np.float32(lo)), v23, v)
-        return fma_f32x16(sd, v, acc)
-
-    @njit(inline="always")
-    def put(out, t, g, n_rows, acc):
-        r0 = g * GROUP
-        if r0 + GROUP <= n_rows:
-            store_f32x16(out, t * n_rows + r0, acc)
-        else:
-            buf = np.empty(GROUP, np.float32)
-            store_f32x16(buf, 0, acc)
-            for i in range(n_rows - r0):
-                out[t * n_rows + r0 + i] = buf[i]
-
-    @cached_kernel(parallel=True, fastmath=True)
-    def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
-        assert len(key) > 0
-        n_super = q.shape[1] // rec
-        n_cols = n_super * BLOCK
-        n_sub = n_cols // sub
-        n_tb = n_tokens * n_sub
-        dsc = np.empty(n_tb, np.float32)
-        s1f = np.empty(n_tb, np.float32)
-        s23f = np.empty(n_tb, np.float32)
-        for t in range(n_tokens):
-            for b in range(n_sub):
-                tb = t * n_sub + b
-                at = t * (n_cols // 16) + b * halves
-                s1 = isum[0, at]
-                s23 = isum[1, at]
-                if halves == 2:
-                    s1 += isum[0, at + 1]
-                    s23 += isum[1, at + 1]
-                dsc[tb] = dx[t * (n_cols // QBLOCK) + (b * sub) // QBLOCK]
-                s1f[tb] = np.float32(s1)
-                s23f[tb] = np.float32(s23)
-        p1 = qx[0]
-        p2 = qx[min(1, planes - 1)]
-        p3 = qx[min(2, planes - 1)]
-        for g in prange(q.shape[0]):
-            qg = q[g]
-            offv = load_f32x16(offsets, g * GROUP)
-            t = 0
-            if n_tokens >= 4:
-                # decode the group once into bytes and scales, then run the tokens over them
-                tile = np.empty(n_cols * GROUP, np.uint8)
-                sct = np.empty(n_sub * GROUP, np.float32)
-                for sb in range(n_super):
-                    base = sb * rec
-                    for k in range(n_sub_rec):
-                        store_f32x16(sct, (sb * n_sub_rec + k) * GROUP, scale_of(qg, base + weight_bytes, n_sub_rec, k))
-                    for s in range(0, nsteps, 2):
-                        w0, w1 = pair(qg, base, nsteps, s)
-                        at = (sb * BLOCK + 4 * s) * GROUP
-                        store_bytes64(tile, at, w0)
-                        store_bytes64(tile, at + 64, w1)
-                while t + 4 <= n_tokens:
-                    a0 = zeros_f32x16()
-                    a1 = zeros_f32x16()
-                    a2 = zeros_f32x16()
-                    a3 = zeros_f32x16()
-                    x0 = t * n_cols
-                    x1 = x0 + n_cols
-                    x2 = x1 + n_cols
-                    x3 = x2 + n_cols
-                    for b in range(n_sub):
-                        i0 = zeros_i32x16()
-                        i1 = zeros_i32x16()
-                        i2 = zeros_i32x16()
-                        i3 = zeros_i32x16()
-                        j0 = zeros_i32x16()
-                        j1 = zeros_i32x16()
-                        j2 = zeros_i32x16()
-                        j3 = zeros_i32x16()
-                        h0 = zeros_i32x16()
-                        h1 = zeros_i32x16()
-                        h2 = zeros_i32x16()
-                        h3 = zeros_i32x16()
-                        k0 = b * sub
-                        for s in range(sub // 4):
-                            k = k0 + 4 * s
-                            wv = load_bytes64(tile, k * GROUP)
-                            i0 = dot_u8s8(i0, wv, splat_bytes4(p1, x0 + k))
-                            i1 = dot_u8s8(i1, wv, splat_bytes4(p1, x1 + k))
-                            i2 = dot_u8s8(i2, wv, splat_bytes4(p1, x2 + k))
-                            i3 = dot_u8s8(i3, wv, splat_bytes4(p1, x3 + k))
-                            if planes >= 2:
-                                j0 = dot_u8s8(j0, wv, splat_bytes4(p2, x0 + k))
-                                j1 = dot_u8s8(j1, wv, splat_bytes4(p2, x1 + k))
-                                j2 = dot_u8s8(j2, wv, splat_bytes4(p2, x2 + k))
-                                j3 = dot_u8s8(j3, wv, splat_bytes4(p2, x3 + k))
-                            if planes >= 3:
-                                h0 = dot_u8s8(h0, wv, splat_bytes4(p3, x0 + k))
-                                h1 = dot_u8s8(h1, wv, splat_bytes4(p3, x1 + k))
-                                h2 = dot_u8s8(h2, wv, splat_bytes4(p3, x2 + k))
-                                h3 = dot_u8s8(h3, wv, splat_bytes4(p3, x3 + k))
-                        scv = load_f32x16(sct, b * GROUP)
-                        tb = t * n_sub + b
-                        a0 = finish(a0, i0, j0, h0, scv, offv, tb, dsc, s1f, s23f)
-                        a1 = finish(a1, i1, j1, h1, scv, offv, tb + n_sub, dsc, s1f, s23f)
-                        a2 = finish(a2, i2, j2, h2, scv, offv, tb + 2 * n_sub, dsc, s1f, s23f)
-                        a3 = finish(a3, i3, j3, h3, scv, offv, tb + 3 * n_sub, dsc, s1f, s23f)
-                    put(out, t, g, n_rows, a0)
-                    put(out, t + 1, g, n_rows, a1)
-                    put(out, t + 2, g, n_rows, a2)
-                    put(out, t + 3, g, n_rows, a3)
-                    t += 4
-            while t < n_tokens:
-                a0 = zeros_f32x16()
-                x0 = t * n_cols
-                for sb in range(n_super):
-                    base = sb * rec
-                    for kk in range(n_sub_rec):
-                        i0 = zeros_i32x16()
-                        i1 = zeros_i32x16()
-                        j0 = zeros_i32x16()
-                        h0 = zeros_i32x16()
-                        for p in range(pairs):
-                            st = kk * 2 * pairs + 2 * p
-                            k = x0 + sb * BLOCK + 4 * st
-                            wa, wb = pair(qg, base, nsteps, st)
-                            i0 = dot_u8s8(i0, wa, splat_bytes4(p1, k))
-                            i1 = dot_u8s8(i1, wb, splat_bytes4(p1, k + 4))
-                            if planes >= 2:
-                                j0 = dot_u8s8(j0, wa, splat_bytes4(p2, k))
-                                j0 = dot_u8s8(j0, wb, splat_bytes4(p2, k + 4))
-                            if planes >= 3:
-                                h0 = dot_u8s8(h0, wa, splat_bytes4(p3, k))
-                                h0 = dot_u8s8(h0, wb, splat_bytes4(p3, k + 4))
-                        scv = scale_of(qg, base + weight_bytes, n_sub_rec, kk)
-                        a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, offv, t * n_sub + sb * n_sub_rec + kk,
-                                    dsc, s1f, s23f)
-                put(out, t, g, n_rows, a0)
-                t += 1
-
-    return kernel
+GRID_CODES = {name: grid_code(name) for name in GRIDS}

@@ -33,16 +33,21 @@ _V16I32 = ir.VectorType(_I32, 16)
 _V16F32 = ir.VectorType(ir.FloatType(), 16)
 
 
+def _host_features() -> dict:
+    try:
+        return dict(llvm_binding.get_host_cpu_features())
+    except RuntimeError:
+        return {}
+
+
 def host_has_vnni512() -> bool:
     """True if LLVM's host CPU has AVX-512 VNNI (and BW), so vpdpbusd on zmm is available."""
-    try:
-        feats = llvm_binding.get_host_cpu_features()
-    except RuntimeError:
-        return False
+    feats = _host_features()
     return bool(feats.get("avx512vnni")) and bool(feats.get("avx512bw"))
 
 
 HAS_VNNI512 = host_has_vnni512()
+HAS_AVX512BW = bool(_host_features().get("avx512bw"))
 
 
 class VecType(types.Type):
@@ -122,29 +127,70 @@ def splat_bytes4(typingctx, arr, index):
 
 @intrinsic
 def load_f32x16(typingctx, arr, index):
-    """16 consecutive float32 of an array from element `index`."""
-    if not (_is_array(arr, (types.float32,)) and isinstance(index, types.Integer)):
+    """16 consecutive float32 of an array from element `index` (of a float32 array, or byte
+    `index` of a uint8 array holding float32 values)."""
+    if not (_is_array(arr, (types.float32, types.uint8)) and isinstance(index, types.Integer)):
         return None
+    align = 4 if arr.dtype == types.float32 else 1
 
     def codegen(context, builder, sig, args):
-        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _V16F32), align=4)
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _V16F32), align=align)
 
     return f32x16(arr, index), codegen
 
 
 @intrinsic
 def load_f16x16(typingctx, arr, index):
-    """16 consecutive IEEE halves (stored as uint16) from element `index`, widened to float32
-    (exact; vcvtph2ps with F16C/AVX-512)."""
-    if not (_is_array(arr, (types.uint16,)) and isinstance(index, types.Integer)):
+    """16 consecutive IEEE halves from element `index` of a uint16 array (or byte `index` of a
+    uint8 array), widened to float32 (exact; vcvtph2ps with F16C/AVX-512)."""
+    if not (_is_array(arr, (types.uint16, types.uint8)) and isinstance(index, types.Integer)):
         return None
+    align = 2 if arr.dtype == types.uint16 else 1
 
     def codegen(context, builder, sig, args):
         v16h = ir.VectorType(ir.HalfType(), 16)
-        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=2)
+        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=align)
         return builder.fpext(halves, _V16F32)
 
     return f32x16(arr, index), codegen
+
+
+def _load_bytes16_as_i32(signed: bool):
+    @intrinsic
+    def load(typingctx, arr, index):
+        if not (_is_array(arr, _BYTES) and isinstance(index, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v16i8 = ir.VectorType(ir.IntType(8), 16)
+            v = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i8), align=1)
+            return builder.sext(v, _V16I32) if signed else builder.zext(v, _V16I32)
+
+        return i32x16(arr, index), codegen
+    return load
+
+
+# 16 bytes from element `index`, one per i32 lane (vpmovsxbd / vpmovzxbd)
+load_i8x16 = _load_bytes16_as_i32(True)
+load_u8x16 = _load_bytes16_as_i32(False)
+
+
+@intrinsic
+def e8m0_half_f32x16(typingctx, e):
+    """2^(e - 128) for the exponent byte e (0..255) in each i32 lane, exactly: the MXFP4 block
+    scale (subnormal for e < 2, else exponent field e - 1)."""
+    if e != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ev = args[0]
+        const = lambda v: ir.Constant(_V16I32, [v] * 16)
+        normal = builder.shl(builder.sub(ev, const(1)), const(23))
+        tiny = builder.shl(const(0x00200000), ev)
+        small = builder.icmp_signed("<", ev, const(2))
+        return builder.bitcast(builder.select(small, tiny, normal), _V16F32)
+
+    return f32x16(e), codegen
 
 
 @intrinsic
@@ -240,6 +286,40 @@ def _make_dot(vnni: bool):
 # The generic form is always available (tests hold the two equal); kernels use dot_u8s8.
 dot_u8s8_generic = _make_dot(False)
 dot_u8s8 = _make_dot(True) if HAS_VNNI512 else dot_u8s8_generic
+
+
+def _make_lookup(native: bool):
+    @intrinsic
+    def lookup(typingctx, table, idx):
+        """Byte i of the result: byte (idx_i & 15) of the 16-byte table (which `table` holds
+        four times, once per 128-bit lane). Every byte of idx must be below 128 (vpshufb
+        zeroes a byte whose index has bit 7 set)."""
+        if not (table == i32x16 and idx == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v64i8 = ir.VectorType(ir.IntType(8), 64)
+            tbl = builder.bitcast(args[0], v64i8)
+            ix = builder.bitcast(args[1], v64i8)
+            if native:
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v64i8, [v64i8] * 2), "llvm.x86.avx512.pshuf.b.512")
+                return builder.bitcast(builder.call(fn, [tbl, ix]), _V16I32)
+            out = ir.Constant(v64i8, ir.Undefined)
+            low = ir.Constant(ir.IntType(8), 15)
+            for i in range(64):
+                k = builder.and_(builder.extract_element(ix, ir.Constant(_I32, i)), low)
+                lane = builder.add(builder.zext(k, _I32), ir.Constant(_I32, i // 16 * 16))
+                out = builder.insert_element(out, builder.extract_element(tbl, lane), ir.Constant(_I32, i))
+            return builder.bitcast(out, _V16I32)
+
+        return i32x16(table, idx), codegen
+    return lookup
+
+
+# A 16-entry byte table looked up in registers (vpshufb); the generic form for other CPUs.
+lookup16_generic = _make_lookup(False)
+lookup16 = _make_lookup(True) if HAS_AVX512BW else lookup16_generic
 
 
 @intrinsic
@@ -507,20 +587,6 @@ _V8I64 = ir.VectorType(_I64, 8)
 
 
 @intrinsic
-def load_u8x16(typingctx, arr, index):
-    """The 16 bytes of a uint8 array from element `index`, zero-extended to 16 i32 lanes."""
-    if not (_is_array(arr, (types.uint8,)) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v16i8 = ir.VectorType(_I8, 16)
-        v = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i8), align=1)
-        return builder.zext(v, _V16I32)
-
-    return i32x16(arr, index), codegen
-
-
-@intrinsic
 def load_u64(typingctx, arr, index):
     """The little-endian 64-bit word at byte `index` of a uint8 array (unaligned), as uint64."""
     if not (_is_array(arr, (types.uint8,)) and isinstance(index, types.Integer)):
@@ -530,20 +596,6 @@ def load_u64(typingctx, arr, index):
         return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _I64), align=1)
 
     return types.uint64(arr, index), codegen
-
-
-@intrinsic
-def load_f16x16_at(typingctx, arr, index):
-    """16 IEEE halves stored little-endian from byte `index` of a uint8 array, widened to float32."""
-    if not (_is_array(arr, (types.uint8,)) and isinstance(index, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v16h = ir.VectorType(ir.HalfType(), 16)
-        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=1)
-        return builder.fpext(halves, _V16F32)
-
-    return f32x16(arr, index), codegen
 
 
 def _table_base(context, builder, arrty, arr):
