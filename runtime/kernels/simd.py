@@ -192,8 +192,6 @@ def e8m0_half_f32x16(typingctx, e):
 
     return f32x16(e), codegen
 
-    return f32x16(arr, index), codegen
-
 
 @intrinsic
 def store_f32x16(typingctx, arr, index, v):
@@ -574,3 +572,150 @@ def exp_f32x16(x):
     y = fma_f32x16(mul_f32x16(p, r), r, add_f32x16(r, splat_f32(np.float32(1.0))))
     two_n = bits_to_f32x16(shl_i32x16(add_i32x16(to_i32x16(n), splat_i32(127)), 23))
     return mul_f32x16(y, two_n)
+
+
+# -- table lookups for the grid formats: gathers, dword picks, byte selects --------------------
+# The i-quant grids (quant/tables.py) are small tables of 4- or 8-byte entries; a kernel decodes
+# 16 rows at once by gathering one entry per row. With AVX-512 a gather is one instruction
+# (vpgatherdd / vpgatherdq); elsewhere the same lookups are written as scalar loads in plain IR.
+
+_I8 = ir.IntType(8)
+_I64 = ir.IntType(64)
+_V64I8 = ir.VectorType(_I8, 64)
+_V8I32 = ir.VectorType(_I32, 8)
+_V8I64 = ir.VectorType(_I64, 8)
+
+
+@intrinsic
+def load_u64(typingctx, arr, index):
+    """The little-endian 64-bit word at byte `index` of a uint8 array (unaligned), as uint64."""
+    if not (_is_array(arr, (types.uint8,)) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _I64), align=1)
+
+    return types.uint64(arr, index), codegen
+
+
+def _table_base(context, builder, arrty, arr):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return ary.data
+
+
+def _gather_scalar(builder, base, idx, n, lane0):
+    """Lanes lane0 .. lane0 + n - 1 of idx looked up in base[], one load each (any target)."""
+    elt = base.type.pointee
+    out = ir.Constant(ir.VectorType(elt, n), ir.Undefined)
+    for i in range(n):
+        k = builder.extract_element(idx, ir.Constant(_I32, lane0 + i))
+        v = builder.load(builder.gep(base, [builder.zext(k, _I64)]))
+        out = builder.insert_element(out, v, ir.Constant(_I32, i))
+    return out
+
+
+def _make_gather32(native: bool):
+    @intrinsic
+    def gather(typingctx, table, idx):
+        """table[idx[i]] in lane i: 16 lookups in a uint32 table (vpgatherdd). The caller keeps
+        every index inside the table."""
+        if not (_is_array(table, (types.uint32,)) and idx == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            base = _table_base(context, builder, sig.args[0], args[0])
+            if not native:
+                return _gather_scalar(builder, base, args[1], 16, 0)
+            i8p = _I8.as_pointer()
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16I32, [_V16I32, i8p, _V16I32, ir.VectorType(ir.IntType(1), 16), _I32]),
+                "llvm.x86.avx512.mask.gather.dpi.512")
+            ones = ir.Constant(ir.VectorType(ir.IntType(1), 16), [1] * 16)
+            return builder.call(fn, [ir.Constant(_V16I32, [0] * 16), builder.bitcast(base, i8p), args[1], ones,
+                                     ir.Constant(_I32, 4)])
+
+        return i32x16(table, idx), codegen
+    return gather
+
+
+def _make_gather64(native: bool):
+    @intrinsic
+    def gather(typingctx, table, idx, half):
+        """The 8 entries table[idx[8 half + i]] (i = 0..7) of a uint64 table, as the 16 i32 lanes
+        of 8 consecutive 64-bit values (vpgatherdq); half a compile-time 0 or 1."""
+        if not (_is_array(table, (types.uint64,)) and idx == i32x16 and isinstance(half, types.IntegerLiteral)):
+            return None
+        lane0 = 8 * half.literal_value
+
+        def codegen(context, builder, sig, args):
+            base = _table_base(context, builder, sig.args[0], args[0])
+            if not native:
+                return builder.bitcast(_gather_scalar(builder, base, args[1], 8, lane0), _V16I32)
+            i8p = _I8.as_pointer()
+            part = builder.shuffle_vector(args[1], args[1], ir.Constant(_V8I32, list(range(lane0, lane0 + 8))))
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V8I64, [_V8I64, i8p, _V8I32, ir.VectorType(ir.IntType(1), 8), _I32]),
+                "llvm.x86.avx512.mask.gather.dpq.512")
+            ones = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8)
+            v = builder.call(fn, [ir.Constant(_V8I64, [0] * 8), builder.bitcast(base, i8p), part, ones,
+                                  ir.Constant(_I32, 8)])
+            return builder.bitcast(v, _V16I32)
+
+        return i32x16(table, idx, half), codegen
+    return gather
+
+
+# The scalar forms are always available (tests hold them equal to the native ones).
+gather_u32_generic = _make_gather32(False)
+gather_u64_generic = _make_gather64(False)
+gather_u32 = _make_gather32(True) if HAS_VNNI512 else gather_u32_generic
+gather_u64 = _make_gather64(True) if HAS_VNNI512 else gather_u64_generic
+
+
+@intrinsic
+def pick_i32x16(typingctx, a, b, odd):
+    """Of the 32 i32 lanes of a then b, the even ones (odd = 0) or the odd ones (odd = 1): the
+    first or second 4-byte half of eight 8-byte values in each of a and b (vpermt2d)."""
+    if not (a == i32x16 and b == i32x16 and isinstance(odd, types.IntegerLiteral)):
+        return None
+    mask = ir.Constant(_V16I32, [2 * i + odd.literal_value for i in range(16)])
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return i32x16(a, b, odd), codegen
+
+
+@intrinsic
+def select_bytes(typingctx, bits, a, b):
+    """Byte i of a where bit i of the 64-bit integer `bits` is set, else byte i of b (a mask
+    register and vpblendmb, or a masked byte operation that LLVM folds it into)."""
+    if not (isinstance(bits, types.Integer) and a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        m = builder.bitcast(builder.trunc(args[0], _I64) if args[0].type.width > 64 else
+                            builder.zext(args[0], _I64) if args[0].type.width < 64 else args[0],
+                            ir.VectorType(ir.IntType(1), 64))
+        v = builder.select(m, builder.bitcast(args[1], _V64I8), builder.bitcast(args[2], _V64I8))
+        return builder.bitcast(v, _V16I32)
+
+    return i32x16(bits, a, b), codegen
+
+
+def _binary_i8(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == i32x16 and b == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v = getattr(builder, op)(builder.bitcast(args[0], _V64I8), builder.bitcast(args[1], _V64I8))
+            return builder.bitcast(v, _V16I32)
+
+        return i32x16(a, b), codegen
+    return fn
+
+
+add_i8x64 = _binary_i8("add")   # byte-wise, modulo 256
+sub_i8x64 = _binary_i8("sub")
