@@ -148,6 +148,22 @@ def load_f16x16(typingctx, arr, index):
 
 
 @intrinsic
+def load_bf16x16(typingctx, arr, index):
+    """16 consecutive bfloat16 (stored as uint16) from element `index`, widened to float32
+    (exact: the 16 bits become the high half of each float's bits; vpmovzxwd + vpslld)."""
+    if not (_is_array(arr, (types.uint16,)) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v16i16 = ir.VectorType(ir.IntType(16), 16)
+        bits = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i16), align=2)
+        wide = builder.shl(builder.zext(bits, _V16I32), ir.Constant(_V16I32, [16] * 16))
+        return builder.bitcast(wide, _V16F32)
+
+    return f32x16(arr, index), codegen
+
+
+@intrinsic
 def store_f32x16(typingctx, arr, index, v):
     """Store 16 float32 into an array from element `index`."""
     if not (_is_array(arr, (types.float32,)) and isinstance(index, types.Integer) and v == f32x16):
@@ -158,6 +174,40 @@ def store_f32x16(typingctx, arr, index, v):
         return context.get_dummy_value()
 
     return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def transpose_f32_16x16(typingctx, src, src_index, src_stride, dst, dst_index, dst_stride):
+    """dst[dst_index + c * dst_stride + r] = src[src_index + r * src_stride + c] for r, c < 16:
+    a 16 x 16 block of float32 transposed in registers (16 loads, four rounds of 16 two-vector
+    shuffles, 16 stores). Round h swaps, between rows i and i + h (i without bit h), the
+    columns with bit h set in row i and those without it in row i + h."""
+    f32_arrays = (types.float32,)
+    if not (_is_array(src, f32_arrays) and _is_array(dst, f32_arrays)
+            and all(isinstance(a, types.Integer) for a in (src_index, src_stride, dst_index, dst_stride))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, si, ss, d, di, ds = args
+        rows = []
+        for r in range(16):
+            at = builder.add(si, builder.mul(ss, ir.Constant(ss.type, r)))
+            rows.append(builder.load(_element_ptr(context, builder, sig.args[0], s, at, _V16F32), align=4))
+        for h in (8, 4, 2, 1):
+            low = ir.Constant(ir.VectorType(_I32, 16), [c if c & h == 0 else 16 + c - h for c in range(16)])
+            high = ir.Constant(ir.VectorType(_I32, 16), [c + h if c & h == 0 else 16 + c for c in range(16)])
+            new = list(rows)
+            for i in range(16):
+                if i & h == 0:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + h], low)
+                    new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], high)
+            rows = new
+        for c in range(16):
+            at = builder.add(di, builder.mul(ds, ir.Constant(ds.type, c)))
+            builder.store(rows[c], _element_ptr(context, builder, sig.args[3], d, at, _V16F32), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, src_index, src_stride, dst, dst_index, dst_stride), codegen
 
 
 @intrinsic
