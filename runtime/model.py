@@ -17,6 +17,7 @@ from .kernels import QuantMatrix, StackedMatrix
 from .kernels.attention import attention, cache_length
 from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
 from .ops import rope_tables
+from .threads import threads_for_forward
 
 
 class Linear:
@@ -212,8 +213,13 @@ class Model:
         """Run `tokens` at positions cache.n_past.. and append them to the cache.
 
         Returns logits (float32) for the tokens from index `logits_from` on (default: the last
-        token only), shape (T - logits_from, n_vocab).
+        token only), shape (T - logits_from, n_vocab). Runs on numba's thread count, less the
+        cores other processes keep busy (runtime/threads.py).
         """
+        with threads_for_forward():
+            return self._forward(tokens, cache, logits_from)
+
+    def _forward(self, tokens, cache: KVCache, logits_from: int | None) -> np.ndarray:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         n_tokens = len(tokens)
