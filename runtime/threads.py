@@ -18,7 +18,8 @@ WINDOW seconds. A thread is used only where a core is free to at least MARGIN (a
 using 0.5 of a core takes it): min(asked, floor(cores - busy cores of others + 1 - MARGIN)), at
 least one. With a single-threaded busy loop on a 2-core machine that is one thread, as fast as -t 1
 (a thread alone on its core runs undisturbed); on an idle machine it is what was asked. Where
-/proc/stat is missing the count asked for is used as it is.
+/proc/stat is missing, or LOWBIT_FIXED_THREADS=1 is set (to measure what the fixed count does),
+the count asked for is used as it is.
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class CpuShare:
 
 
 SHARE = CpuShare()
+FIXED = os.environ.get("LOWBIT_FIXED_THREADS", "") not in ("", "0")
 
 
 @contextmanager
@@ -100,7 +102,7 @@ def threads_for_forward():
     """numba's thread count lowered to what the machine has free inside the block, restored
     after it; yields the count used."""
     asked = numba.get_num_threads()
-    used = SHARE.threads(asked) if asked > 1 else asked
+    used = SHARE.threads(asked) if asked > 1 and not FIXED else asked
     if used != asked:
         numba.set_num_threads(used)
     try:
