@@ -109,3 +109,50 @@ def test_rows_shorter_than_a_vector_use_the_generic_kernels(rng):
     xs = rng.standard_normal((3, 8)).astype(np.float32)
     assert_close(m.matmul(xs), w, xs)
     assert_close(m.matvec(xs[0]), w, xs[:1])
+
+
+def test_half_widening_without_f16c_equals_the_hardware_one():
+    # every one of the 65536 halves, through both paths; numpy (gguf-py's decoder) is the oracle
+    from numba import njit
+    from lowbit.runtime.kernels.simd import load_f16x16, load_f16x16_generic, store_f32x16
+
+    @njit
+    def widen_all(h, fast, generic):
+        for i in range(0, h.shape[0], 16):
+            store_f32x16(fast, i, load_f16x16(h, i))
+            store_f32x16(generic, i, load_f16x16_generic(h, i))
+
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    fast, generic = np.empty(65536, np.float32), np.empty(65536, np.float32)
+    widen_all(h, fast, generic)
+    want = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(generic.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+    np.testing.assert_array_equal(fast.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+    assert np.isnan(generic[nan]).all() and np.isnan(fast[nan]).all()
+
+
+def test_the_float_kernels_compile_and_agree_for_a_cpu_without_avx512(tmp_path):
+    # numba compiling for plain x86-64 (no AVX, FMA or F16C): LLVM lowers the 16-lane vectors
+    # to SSE and the half widening takes the integer path (a hardware conversion would need a
+    # runtime function numba's JIT lacks, and abort)
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np
+from lowbit.runtime.kernels import floats
+rng = np.random.default_rng(0)
+w = (rng.standard_normal((30, 100)) / 10).astype(np.float16)
+xs = rng.standard_normal((20, 100)).astype(np.float32)
+out, one = np.empty((20, 30), np.float32), np.empty(30, np.float32)
+floats.matmul(w.view(np.uint16), floats.F16, xs, out)
+floats.matvec(w.view(np.uint16), floats.F16, xs[0], one)
+ref = xs.astype(np.float64) @ w.astype(np.float64).T
+print(np.abs(out - ref).max() / np.abs(ref).max(), np.abs(one - ref[0]).max() / np.abs(ref).max())
+"""
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64", LOWBIT_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(v) for v in done.stdout.split()]
+    assert max(errors) < 1e-6
