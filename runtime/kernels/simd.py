@@ -50,6 +50,23 @@ HAS_VNNI512 = host_has_vnni512()
 HAS_AVX512BW = bool(_host_features().get("avx512bw"))
 
 
+def host_has_f16c() -> bool:
+    """True if numba compiles for this machine's CPU and it converts halves in hardware (F16C).
+    Without it LLVM lowers a half-to-float conversion to a runtime call that numba's JIT does
+    not provide, so the kernels take an integer path instead (NUMBA_CPU_NAME=generic, for a
+    cache shared between machines, is such a target)."""
+    import numba
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("f16c"))
+    except RuntimeError:
+        return False
+
+
+HAS_F16C = host_has_f16c()
+
+
 class VecType(types.Type):
     def __init__(self, name: str, llvm_type):
         self.llvm_type = llvm_type
@@ -139,18 +156,65 @@ def load_f32x16(typingctx, arr, index):
     return f32x16(arr, index), codegen
 
 
+def _half_to_float_bits(builder, bits):
+    """IEEE halves (<16 x i16>) as float32, exactly, with integer operations and one float
+    subtraction (any target): the exponent and mantissa move into float32's fields and the
+    exponent is rebased; infinities and NaNs rebase to float32's top exponent; subnormals (and
+    zero) are made normal at 2^-14 (1 + m) and 2^-14 taken off."""
+    def splat(v):
+        return ir.Constant(_V16I32, [v] * 16)
+    h = builder.zext(bits, _V16I32)
+    sign = builder.shl(builder.and_(h, splat(0x8000)), splat(16))
+    em = builder.shl(builder.and_(h, splat(0x7FFF)), splat(13))
+    exp = builder.and_(em, splat(0x0F800000))
+    normal = builder.add(em, splat(112 << 23))
+    special = builder.add(em, splat(224 << 23))
+    tiny = builder.fsub(builder.bitcast(builder.add(em, splat(113 << 23)), _V16F32),
+                        builder.bitcast(splat(113 << 23), _V16F32))
+    out = builder.select(builder.icmp_unsigned("==", exp, splat(0x0F800000)), special, normal)
+    out = builder.select(builder.icmp_unsigned("==", exp, splat(0)), builder.bitcast(tiny, _V16I32), out)
+    return builder.bitcast(builder.or_(out, sign), _V16F32)
+
+
+def _make_load_f16(hardware: bool):
+    @intrinsic
+    def load(typingctx, arr, index):
+        if not (_is_array(arr, (types.uint16, types.uint8)) and isinstance(index, types.Integer)):
+            return None
+        align = 2 if arr.dtype == types.uint16 else 1
+
+        def codegen(context, builder, sig, args):
+            if hardware:
+                v16h = ir.VectorType(ir.HalfType(), 16)
+                halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=align)
+                return builder.fpext(halves, _V16F32)
+            v16i16 = ir.VectorType(ir.IntType(16), 16)
+            bits = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i16), align=align)
+            return _half_to_float_bits(builder, bits)
+
+        return f32x16(arr, index), codegen
+    return load
+
+
+# load_f16x16(arr, index): 16 consecutive IEEE halves from element `index` of a uint16 array (or
+# byte `index` of a uint8 array), widened to float32, exactly: vcvtph2ps where the CPU has F16C, else integer operations (the
+# two are held equal over all 65536 halves by a test).
+load_f16x16_generic = _make_load_f16(False)
+load_f16x16 = _make_load_f16(True) if HAS_F16C else load_f16x16_generic
+
+
 @intrinsic
-def load_f16x16(typingctx, arr, index):
-    """16 consecutive IEEE halves from element `index` of a uint16 array (or byte `index` of a
-    uint8 array), widened to float32 (exact; vcvtph2ps with F16C/AVX-512)."""
-    if not (_is_array(arr, (types.uint16, types.uint8)) and isinstance(index, types.Integer)):
+def load_bf16x16(typingctx, arr, index):
+    """16 consecutive bfloat16 (stored as uint16) from element `index`, widened to float32
+    (exact: the 16 bits become the high half of each float's bits; vpmovzxwd + vpslld)."""
+    if not (_is_array(arr, (types.uint16,)) and isinstance(index, types.Integer)):
         return None
-    align = 2 if arr.dtype == types.uint16 else 1
 
     def codegen(context, builder, sig, args):
-        v16h = ir.VectorType(ir.HalfType(), 16)
-        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=align)
-        return builder.fpext(halves, _V16F32)
+        v16i16 = ir.VectorType(ir.IntType(16), 16)
+        bits = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i16), align=2)
+        wide = builder.shl(builder.zext(bits, _V16I32), ir.Constant(_V16I32, [16] * 16))
+        return builder.bitcast(wide, _V16F32)
 
     return f32x16(arr, index), codegen
 
@@ -204,6 +268,40 @@ def store_f32x16(typingctx, arr, index, v):
         return context.get_dummy_value()
 
     return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def transpose_f32_16x16(typingctx, src, src_index, src_stride, dst, dst_index, dst_stride):
+    """dst[dst_index + c * dst_stride + r] = src[src_index + r * src_stride + c] for r, c < 16:
+    a 16 x 16 block of float32 transposed in registers (16 loads, four rounds of 16 two-vector
+    shuffles, 16 stores). Round h swaps, between rows i and i + h (i without bit h), the
+    columns with bit h set in row i and those without it in row i + h."""
+    f32_arrays = (types.float32,)
+    if not (_is_array(src, f32_arrays) and _is_array(dst, f32_arrays)
+            and all(isinstance(a, types.Integer) for a in (src_index, src_stride, dst_index, dst_stride))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, si, ss, d, di, ds = args
+        rows = []
+        for r in range(16):
+            at = builder.add(si, builder.mul(ss, ir.Constant(ss.type, r)))
+            rows.append(builder.load(_element_ptr(context, builder, sig.args[0], s, at, _V16F32), align=4))
+        for h in (8, 4, 2, 1):
+            low = ir.Constant(ir.VectorType(_I32, 16), [c if c & h == 0 else 16 + c - h for c in range(16)])
+            high = ir.Constant(ir.VectorType(_I32, 16), [c + h if c & h == 0 else 16 + c for c in range(16)])
+            new = list(rows)
+            for i in range(16):
+                if i & h == 0:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + h], low)
+                    new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], high)
+            rows = new
+        for c in range(16):
+            at = builder.add(di, builder.mul(ds, ir.Constant(ds.type, c)))
+            builder.store(rows[c], _element_ptr(context, builder, sig.args[3], d, at, _V16F32), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, src_index, src_stride, dst, dst_index, dst_stride), codegen
 
 
 @intrinsic
