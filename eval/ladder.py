@@ -28,6 +28,7 @@ from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
+from .loading import read_text
 from .report import alloc_budget, alloc_name
 
 RESULTS = "results.json"
@@ -72,6 +73,18 @@ class LadderConfig:
     def imatrix_path(self) -> Path:
         return self.imatrix if self.imatrix is not None else self.out_dir / "imatrix.gguf"
 
+    def check(self) -> None:
+        """What can be checked before anything runs: the inputs exist, a way to an importance
+        matrix, at least one type (the types themselves: entries_to_run)."""
+        if self.imatrix is None and self.calib_text is None:
+            raise LadderError("give --imatrix FILE or --calib TEXT (or both: --calib then only measures "
+                              "the sensitivity that --allocate needs)")
+        for path in (self.eval_text, self.calib_text, self.imatrix):
+            if path is not None and not Path(path).is_file():
+                raise LadderError(f"{path} does not exist")
+        if not self.types:
+            raise LadderError("--types needs at least one type")
+
 
 @dataclass
 class Entry:
@@ -99,6 +112,7 @@ class Entry:
 
 
 def entries_to_run(cfg: LadderConfig) -> list[Entry]:
+    cfg.check()
     if cfg.allocate and cfg.calib_text is None:
         raise LadderError("--allocate needs --calib TEXT: each tensor's sensitivity is measured on it")
     out = []
@@ -162,7 +176,7 @@ class Ladder:
 
     def _eval_text(self) -> str:
         if self.text is None:
-            self.text = self.cfg.eval_text.read_text(encoding="utf-8")
+            self.text = read_text(self.cfg.eval_text)
         return self.text
 
     def ensure_imatrix(self) -> Path:
@@ -175,7 +189,7 @@ class Ladder:
         from .loading import load_model
         self.stage(f"imatrix from {self.cfg.calib_text.name}")
         model, tok = load_model(self.cfg.model)
-        im = collect_imatrix(model, tok, self.cfg.calib_text.read_text(encoding="utf-8"),
+        im = collect_imatrix(model, tok, read_text(self.cfg.calib_text),
                              str(self.cfg.calib_text), self.cfg.n_ctx, self.cfg.calib_chunks)
         imx.save(im, path)
         return path
@@ -218,7 +232,7 @@ class Ladder:
         from .dynamic import plan_for_budget
         c = self.cfg
         self.stage(f"{alloc_name(bpw)}: sensitivity")
-        _, alloc = plan_for_budget(src, im, str(c.imatrix_path()), c.calib_text.read_text(encoding="utf-8"),
+        _, alloc = plan_for_budget(src, im, str(c.imatrix_path()), read_text(c.calib_text),
                                    c.sensitivity_tokens, c.out_dir / f"{alloc_name(bpw)}.recipe", target_bpw=bpw)
         return PlanOptions(None, recipe=alloc.types)
 

@@ -1,5 +1,13 @@
-"""Loading a model and its tokenizer by name or path (shared by the commands and the ladder)."""
+"""What the commands, the ladder and the Python API read and write by name: a model and its
+tokenizer (by name or path), a text, an output path. The checks live here so that each says
+what is wrong in the same words wherever it is made."""
 from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """A text or output path the user named that cannot be used: one sentence."""
 
 
 def load_model(name_or_path):
@@ -10,3 +18,23 @@ def load_model(name_or_path):
 
     model = Model.load(resolve_model(str(name_or_path)))
     return model, Tokenizer(model.gguf.metadata)
+
+
+def read_text(path) -> str:
+    """A UTF-8 text file's contents."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"text file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"text file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise InputError(f"text file {path} is not UTF-8 text") from None
+
+
+def check_output_dir(path, what: str = "output") -> None:
+    """Refuse an output path whose directory does not exist, before any long work starts."""
+    parent = Path(path).parent
+    if not parent.exists():
+        raise InputError(f"the {what} directory {parent} does not exist")

@@ -91,6 +91,26 @@ def blas_pool() -> BlasPool | None:
     return None
 
 
+class ThreadsError(ValueError):
+    """A thread count the machine cannot run."""
+
+
+def check_threads(n: int, flag: str = "-t") -> None:
+    import numba
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ThreadsError(f"{flag} must be between 1 and {numba.config.NUMBA_NUM_THREADS} on this machine, not {n}")
+
+
+def set_threads(n: int | None) -> None:
+    """numba's threads (-t; None leaves numba's default), checked against the machine; numpy's
+    OpenBLAS pool always to one thread: its idle threads spin on the cores numba's parallel
+    loops need next (measured 2-3x slower prompts with 2 BLAS threads on 2 cores; eval/speed.py).
+    `lowbit bench` sets the pool itself (--blas-threads)."""
+    if n is not None:
+        check_threads(n)
+    pin_threads(n)
+
+
 def pin_threads(numba_threads: int | None, blas_threads: int = 1) -> BlasPool | None:
     """numba's pool to numba_threads (None: leave it) and numpy's OpenBLAS pool to blas_threads,
     where it can be reached; returns the BLAS pool (None if not found)."""

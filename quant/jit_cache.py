@@ -6,24 +6,40 @@ cache on the *content* of lowbit's jitted source trees instead and keeps it in t
 directory, outside the clone. Any edit to quant/ or runtime/ invalidates every entry, which is
 coarse but never stale: numba itself only watches the file that defines a function, not the
 files of the helpers it inlines.
+
+Both pieces reach into numba's internals (numba.core.caching: the locator list of CacheImpl,
+_CacheLocator, FunctionCache._index_key), which numba does not promise to keep. They are used
+only with the numba versions they were tested on (TESTED_NUMBA, the same range pyproject.toml
+allows; tests/test_jit_cache.py checks the internals they touch). With any other numba the
+kernels still run, compiled in every process instead of read from the disk cache, and importing
+lowbit.quant warns once.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import numba
 from numba import njit
-from numba.core import caching
-from numba.core.caching import FunctionCache, _CacheLocator
-from numba.core.registry import CPUDispatcher
 
-# The class that holds the locator list is public (CacheImpl) in newer numba, private before.
-_CACHE_IMPL = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+# [lowest, first untested) numba versions; keep in step with pyproject.toml
+TESTED_NUMBA = ((0, 60), (0, 69))
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 JITTED_TREES = ("quant", "runtime")
+
+
+def numba_version() -> tuple[int, int]:
+    major, minor = numba.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def patch_supported() -> bool:
+    low, high = TESTED_NUMBA
+    return low <= numba_version() < high
 
 
 def cache_dir() -> Path:
@@ -44,66 +60,13 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-class ContentKeyedLocator(_CacheLocator):
-    def __init__(self, py_func, rel_path: Path):
-        self._lineno = py_func.__code__.co_firstlineno
-        self._cache_path = str(cache_dir() / "numba" / rel_path.with_suffix(""))
-
-    def get_cache_path(self):
-        return self._cache_path
-
-    def get_source_stamp(self):
-        return source_digest()
-
-    def get_disambiguator(self):
-        return str(self._lineno)
-
-    @classmethod
-    def from_function(cls, py_func, py_file):
-        try:
-            rel = Path(py_file).resolve().relative_to(SOURCE_ROOT)
-        except (ValueError, OSError):
-            return None
-        if rel.parts[0] not in JITTED_TREES:
-            return None
-        return cls(py_func, rel)
-
-
-class StableClosureCache(FunctionCache):
-    """Numba's function cache, with closure variables keyed by what they are, not by pickle.
-
-    Numba hashes a closure's cells by pickling them, and a pickled dispatcher carries a uuid that
-    changes with every process, so kernels built by a factory around a jitted helper would never
-    be found again. Here a jitted helper is keyed by its module and name (its code is covered by
-    the source digest) and anything else by its repr (ints, strings). The compile options are
-    part of the key too: a factory that makes a parallel and a serial variant of one body
-    (`@cached_kernel(parallel=parallel)`) would otherwise have them share one cache entry, and
-    whichever was compiled first would be loaded for both.
-    """
-
-    def __init__(self, py_func, options: dict):
-        super().__init__(py_func)
-        self._options = repr(sorted(options.items()))
-
-    def _index_key(self, sig, codegen):
-        cells = self._py_func.__closure__ or ()
-        described = tuple(_describe(c.cell_contents) for c in cells)
-        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
-        cvars = hashlib.sha256((repr(described) + self._options).encode()).hexdigest()
-        return (sig, codegen.magic_tuple(), (code, cvars))
-
-
-def _describe(value):
-    if isinstance(value, CPUDispatcher):
-        return ("jit", value.py_func.__module__, value.py_func.__qualname__)
-    if isinstance(value, (int, float, str, bool, type(None))):
-        return value
-    raise TypeError(f"closure variable of type {type(value).__name__} has no stable cache key")
-
-
 def cached_kernel(**options):
-    """@njit(cache=True, **options) for functions built inside a factory (see StableClosureCache)."""
+    """@njit(cache=True, **options) for functions built inside a factory: their cache entries
+    are keyed by what the closure holds (quant/_numba_patch.py: StableClosureCache)."""
     def wrap(fn):
+        if not patch_supported():
+            return njit(**options)(fn)
+        from ._numba_patch import StableClosureCache
         dispatcher = njit(cache=True, **options)(fn)
         dispatcher._cache = StableClosureCache(dispatcher.py_func, options)
         return dispatcher
@@ -111,5 +74,12 @@ def cached_kernel(**options):
 
 
 def install() -> None:
-    if ContentKeyedLocator not in _CACHE_IMPL._locator_classes:
-        _CACHE_IMPL._locator_classes.insert(0, ContentKeyedLocator)
+    """Key numba's cache of lowbit's own functions on their content (before any is decorated)."""
+    if not patch_supported():
+        low, high = TESTED_NUMBA
+        warnings.warn(f"numba {numba.__version__} is outside the versions lowbit's kernel cache was "
+                      f"tested with ({low[0]}.{low[1]} to before {high[0]}.{high[1]}): kernels made by "
+                      f"factories are compiled again in every process", stacklevel=2)
+        return
+    from ._numba_patch import install_locator
+    install_locator()

@@ -1,0 +1,74 @@
+"""`lowbit ladder`: quantize a model to many types and measure each (eval/ladder.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..machine import set_threads
+from .common import UsageError, progress_bar
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("ladder", help="quantize a model to many types and measure each")
+    s.add_argument("model")
+    s.add_argument("-f", "--file", required=True, help="evaluation text (e.g. wiki.test.raw)")
+    s.add_argument("--imatrix", help="importance matrix to quantize with")
+    s.add_argument("--calib", help="calibration text to collect the importance matrix from")
+    s.add_argument("--calib-chunks", type=int, default=40)
+    s.add_argument("--types", required=True, help="comma-separated types or presets, e.g. Q4_K_M,IQ2_M")
+    s.add_argument("--with-and-without-imatrix", action="store_true",
+                   help="also quantize each type without the importance matrix, where llama.cpp allows it")
+    s.add_argument("-o", "--output", required=True, help="directory for files, results.json and the report")
+    s.add_argument("-c", "--ctx-size", type=int, default=512)
+    s.add_argument("--chunks", type=int, default=20, help="evaluation chunks (default 20)")
+    s.add_argument("-t", "--threads", type=int, default=2)
+    s.add_argument("--bench-prompt", type=int, default=128, help="pp test length (0: none)")
+    s.add_argument("--bench-gen", type=int, default=32, help="tg test length (0: none)")
+    s.add_argument("--bench-reps", type=int, default=2)
+    s.add_argument("--delete-files", action="store_true", help="delete each quantized file once measured")
+    s.add_argument("--allocate", metavar="B1,B2,...",
+                   help="also lowbit's own per-tensor mixes at these bits per weight (needs --calib)")
+    s.add_argument("--sensitivity-tokens", type=int, default=512)
+    s.set_defaults(func=run)
+
+
+def floats(text: str | None, flag: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, not {text!r}") from None
+
+
+def run(args) -> int:
+    from ..ladder import Ladder, LadderConfig
+    from ..machine import describe
+    from ..model_store import resolve_model
+    from ..report import write_report
+
+    cfg = LadderConfig(
+        model=resolve_model(args.model), eval_text=Path(args.file), out_dir=Path(args.output),
+        types=[t.strip() for t in args.types.split(",") if t.strip()],
+        imatrix=Path(args.imatrix) if args.imatrix else None,
+        calib_text=Path(args.calib) if args.calib else None,
+        with_and_without=args.with_and_without_imatrix, n_ctx=args.ctx_size,
+        chunks=args.chunks, calib_chunks=args.calib_chunks, threads=args.threads,
+        bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
+        keep_files=not args.delete_files, allocate=floats(args.allocate, "--allocate"),
+        sensitivity_tokens=args.sensitivity_tokens)
+    set_threads(args.threads)
+    bar = progress_bar("ladder", unit="stage")
+
+    def stage(text):
+        bar.set_description_str(f"ladder: {text}")
+        bar.update(1)
+        if not sys.stderr.isatty():
+            print(f"ladder: {text}", file=sys.stderr, flush=True)
+
+    data = Ladder(cfg, stage, set_threads).run()
+    bar.close()
+    report = write_report(data, cfg.out_dir, describe(args.threads))
+    print(report.read_text())
+    print(f"wrote {report} and {cfg.out_dir / 'results.json'}")
+    return 0
