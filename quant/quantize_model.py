@@ -18,7 +18,7 @@ from .gguffile import GGUFFile, release_mapped_pages
 from .imatrix import ImportanceMatrix
 from .recipes import (NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError,
                       file_type_of, plan, resolve_target)
-from .writer import SplitRule, TensorSpec, write_gguf
+from .writer import SplitRule, TensorSpec, output_paths, plan_shards, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 CHUNK_BYTES = 16 << 20   # float32 rows decoded and encoded at once
@@ -36,7 +36,7 @@ class QuantizeSummary:
     file_bytes: int = 0
     seconds: float = 0.0
     type_counts: dict[str, int] = field(default_factory=dict)
-    paths: list[Path] = field(default_factory=list)   # the files written (several if split)
+    paths: list[Path] = field(default_factory=list)   # the files written, or to be (several if split)
 
     @property
     def bpw(self) -> float:
@@ -164,11 +164,16 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
         specs.append(spec)
         summary.n_bytes += spec.n_bytes
         summary.type_counts[c.qtype.name] = summary.type_counts.get(c.qtype.name, 0) + 1
+    alignment = int(src.metadata.get("general.alignment", 32))
+    summary.paths = output_paths(out_path, len(plan_shards(specs, split, alignment)) if split else None)
     if dry_run:
         summary.seconds = time.perf_counter() - start
         return summary
     if not out_path.parent.exists():
         raise QuantizeError(f"the output directory {out_path.parent} does not exist")
+    inputs = {p.resolve() for p in src.shards}
+    if any(p.resolve() in inputs for p in summary.paths):
+        raise QuantizeError("the output would overwrite the input")
     # a split source's split.* keys describe its shards, not the output's: the writer sets its own
     metadata = {k: v for k, v in src.metadata.items() if not k.startswith(("quantize.imatrix.", "split."))}
     types = dict(src.metadata_types)
@@ -183,8 +188,7 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
         metadata["quantize.imatrix.chunks_count"] = im.chunk_count
         types.update({"quantize.imatrix.file": (8, None), "quantize.imatrix.dataset": (8, None),
                       "quantize.imatrix.entries_count": (5, None), "quantize.imatrix.chunks_count": (5, None)})
-    summary.paths = write_gguf(out_path, metadata, types, specs,
-                               alignment=int(src.metadata.get("general.alignment", 32)), split=split)
+    summary.paths = write_gguf(out_path, metadata, types, specs, alignment=alignment, split=split)
     summary.file_bytes = sum(p.stat().st_size for p in summary.paths)
     summary.seconds = time.perf_counter() - start
     return summary

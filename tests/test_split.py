@@ -181,3 +181,33 @@ def test_a_killed_write_leaves_nothing(source, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == -9, done.stderr
     assert list(out.parent.iterdir()) == []
+
+
+def lowbit(*args):
+    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_commands_take_split_files(source, whole_and_split, tmp_path):
+    done = lowbit("quantize", source, tmp_path / "q.gguf", "Q8_0", "--split-max-size", "150K")
+    assert done.returncode == 0, done.stderr
+    shards = sorted(tmp_path.glob("q-*-of-*.gguf"))
+    assert len(shards) > 2 and f"in {len(shards)} shards" in done.stdout
+    assert sorted(tmp_path.iterdir()) == shards
+    held = [[int(t.n_bytes) for t in gguf.GGUFReader(str(p)).tensors] for p in shards]
+    assert all(sum(h) <= 150_000 or len(h) == 1 for h in held) and max(map(len, held)) > 1
+    done = lowbit("inspect", shards[0])
+    assert done.returncode == 0 and f"in {len(shards)} shards" in done.stdout, done.stderr
+    # a split source, requantized into one file, equals the same from the whole file
+    whole, split = whole_and_split
+    for name, src in (("a.gguf", whole), ("b.gguf", split[0])):
+        done = lowbit("quantize", src, tmp_path / name, "Q4_0", "--allow-requantize")
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    for args, message in [(["--split-max-size", "12X"], "'12X' is not a size such as 500M or 2G"),
+                          (["--split-max-tensors", "0"], "must be positive"),
+                          ([], None)]:
+        done = lowbit("quantize", split[1], tmp_path / "c.gguf", "Q8_0", *args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert (message or "opened by its first shard") in done.stderr, done.stderr
+    assert not (tmp_path / "c.gguf").exists()
