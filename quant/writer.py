@@ -246,7 +246,8 @@ def write_gguf(path: str | os.PathLike, metadata: dict[str, Any],
         for i, (shard, out) in enumerate(zip(shards, paths)):
             meta, types, align = (metadata, metadata_types, alignment) if i == 0 else ({}, {}, DEFAULT_ALIGNMENT)
             if split:
-                meta = {**meta, SPLIT_NO: i, SPLIT_COUNT: len(shards), SPLIT_TENSORS: len(tensors)}
+                # in gguf-split's order, so that a file it splits and ours are the same bytes
+                meta = {**meta, SPLIT_NO: i, SPLIT_TENSORS: len(tensors), SPLIT_COUNT: len(shards)}
                 types = {**types, **SPLIT_KEY_TYPES}
             pending.append(PendingFile(out))
             f = pending[-1].file
