@@ -165,9 +165,9 @@ def main(argv=None) -> int:
             print(f"warm-up {qtype}", flush=True)
             run_measured(lowbit_cmd(warm, args.work / "warm-up-out.gguf", qtype, args.threads, im))
             (args.work / "warm-up-out.gguf").unlink()
-        jobs = [("lowbit", s, t) for t in types for s in sizes]
-        if args.llama_bin:
-            jobs += [("llama.cpp", args.llama_size, t) for t in types]
+        jobs = []   # per type, llama-quantize right after lowbit: the machine's load as alike as can be
+        for t in types:
+            jobs += [("lowbit", s, t) for s in sizes] + ([("llama.cpp", args.llama_size, t)] if args.llama_bin else [])
         for tool, size, qtype in jobs:
             key = f"{tool}|{size}|{qtype}"
             if key in results and not args.redo:
