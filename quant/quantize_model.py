@@ -174,8 +174,7 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
     inputs = {p.resolve() for p in src.shards}
     if any(p.resolve() in inputs for p in summary.paths):
         raise QuantizeError("the output would overwrite the input")
-    # a split source's split.* keys describe its shards, not the output's: the writer sets its own
-    metadata = {k: v for k, v in src.metadata.items() if not k.startswith(("quantize.imatrix.", "split."))}
+    metadata = {k: v for k, v in src.metadata.items() if not k.startswith("quantize.imatrix.")}
     types = dict(src.metadata_types)
     metadata["general.file_type"] = file_type(opts, specs)
     types["general.file_type"] = (4, None)

@@ -235,7 +235,8 @@ def write_gguf(path: str | os.PathLike, metadata: dict[str, Any],
                alignment: int = DEFAULT_ALIGNMENT, split: SplitRule | None = None) -> list[Path]:
     """Write a GGUF v3 file, or with `split` its shards (all metadata in the first, the split.*
     keys in every one, as gguf-split writes them); returns the paths written. Metadata keep the
-    given types (inferred if absent); split.* keys in `metadata` are replaced."""
+    given types (inferred if absent); split.* keys in `metadata` (a split source's, which describe
+    its own shards) are dropped."""
     tensors = list(tensors)
     metadata = {k: v for k, v in metadata.items() if k not in SPLIT_KEY_TYPES}
     shards = plan_shards(tensors, split, alignment) if split else [tensors]
