@@ -50,7 +50,7 @@ def budget_from(src: GGUFFile, target_bpw: float | None, target_size: int | None
         if not 0 < target_bpw <= 32:
             raise AllocationError(f"--target-bpw must be between 0 and 32, not {target_bpw}")
         return int(target_bpw * n_params / 8) - fixed
-    overhead = src.path.stat().st_size - sum(t.n_bytes for t in src.tensors.values())  # metadata
+    overhead = src.file_bytes - sum(t.n_bytes for t in src.tensors.values())  # metadata
     return int(target_size) - overhead - fixed
 
 

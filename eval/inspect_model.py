@@ -58,7 +58,8 @@ def report(gguf: GGUFFile) -> dict:
     n_bytes = sum(r["bytes"] for r in types)
     return {
         "path": str(gguf.path),
-        "file_bytes": gguf.path.stat().st_size,
+        "file_bytes": gguf.file_bytes,
+        "shards": len(gguf.shards),
         "gguf_version": gguf.version,
         "architecture": gguf.architecture,
         "name": gguf.metadata.get("general.name"),
@@ -75,7 +76,8 @@ def report(gguf: GGUFFile) -> dict:
 
 def format_report(rep: dict, gguf: GGUFFile, with_tensors: bool) -> str:
     lines = [
-        f"file:          {rep['path']} ({rep['file_bytes'] / 2**20:.1f} MiB, GGUF v{rep['gguf_version']})",
+        f"file:          {rep['path']} ({rep['file_bytes'] / 2**20:.1f} MiB"
+        + (f" in {rep['shards']} shards" if rep["shards"] > 1 else "") + f", GGUF v{rep['gguf_version']})",
         f"architecture:  {rep['architecture']}" + (f" ({rep['name']})" if rep["name"] else ""),
     ]
     for k, v in rep["hyperparameters"].items():

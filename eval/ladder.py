@@ -204,7 +204,7 @@ class Ladder:
         model, tok = load_model(self.cfg.model)
         res = write_base(model, tok, self._eval_text(), self.cfg.eval_text.name, path,
                          self.cfg.n_ctx, self.cfg.chunks)
-        src_bytes = self.cfg.model.stat().st_size
+        src_bytes = open_gguf(self.cfg.model).file_bytes
         data["base"] = {"file": str(self.cfg.model), "file_bytes": src_bytes, "ppl": res.ppl,
                         "ppl_error": res.ppl_error, "chunks": res.n_chunks}
         save_results(self.cfg, data)

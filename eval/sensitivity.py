@@ -202,8 +202,10 @@ def rank_correlations(tensors: list[TensorCosts]) -> dict:
 def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[str] | None) -> str:
     h = hashlib.sha256()
     h.update(",".join(candidates or CANDIDATES).encode())
-    st = os.stat(src.path)
-    h.update(f"{VERSION}|{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(str(VERSION).encode())   # with one file, the key it always had
+    for shard in src.shards:
+        st = os.stat(shard)
+        h.update(f"|{shard.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     h.update(Path(im_path).read_bytes())
     h.update(np.ascontiguousarray(sample, dtype=np.int64).tobytes())
     return h.hexdigest()[:24]

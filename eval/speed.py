@@ -150,7 +150,7 @@ def model_info(gguf) -> ModelInfo:
         f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{max(1, round(n_params / 1e6))}M")
     return ModelInfo(path=gguf.path, name=str(gguf.metadata.get("general.name") or gguf.path.stem),
                      arch=gguf.architecture, label=f"{gguf.architecture} {size}",
-                     file_type=file_type_name(gguf), file_bytes=gguf.path.stat().st_size, n_params=n_params)
+                     file_type=file_type_name(gguf), file_bytes=gguf.file_bytes, n_params=n_params)
 
 
 def synthetic_tokens(gguf, n_vocab: int, n: int, seed: int = SEED) -> np.ndarray:

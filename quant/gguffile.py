@@ -6,12 +6,19 @@ Layout (little-endian): magic "GGUF" | version u32 (2 or 3) | n_tensors u64 | n_
 A string is a u64 length and that many UTF-8 bytes. Dims list the fastest-varying axis first,
 so a tensor's numpy shape is the dims reversed.
 
+A model may be split over several files, as llama.cpp's gguf-split writes it:
+NAME-00001-of-0000N.gguf ... NAME-0000N-of-0000N.gguf, each a GGUF file of its own with the
+metadata split.no (0-based), split.count and split.tensors.count; the first holds all other
+metadata, and any shard may hold tensor data. open_gguf, given the first shard, reads them all
+as one model.
+
 Every read is bounds-checked: a truncated or corrupt file raises GGUFError with one sentence.
 """
 from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,11 @@ _SCALARS = {
 }
 _STRING, _ARRAY = 8, 9
 
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+# their GGUF types as llama.cpp writes them: u16, u16, i32
+SPLIT_KEY_TYPES = {SPLIT_NO: (2, None), SPLIT_COUNT: (2, None), SPLIT_TENSORS: (5, None)}
+_SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
 
 class GGUFError(ValueError):
     """A file that is not a valid GGUF file; the message says what is wrong, in one sentence."""
@@ -42,8 +54,9 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]       # numpy order: rows first, row length last
     qtype: QuantType
-    offset: int                  # absolute byte offset in the file
+    offset: int                  # absolute byte offset in its file
     n_bytes: int
+    shard: int = 0               # the file holding the data: 0 unless the model is split
 
     @property
     def n_elements(self) -> int:
@@ -58,16 +71,52 @@ class TensorInfo:
         return self.n_elements // self.shape[-1] if self.shape[-1] else 0
 
 
+def shard_path(prefix: str | os.PathLike, index: int, count: int) -> Path:
+    """The file name llama.cpp gives shard `index` (0-based) of `count`: PREFIX-00001-of-00003.gguf."""
+    return Path(f"{os.fspath(prefix)}-{index + 1:05d}-of-{count:05d}.gguf")
+
+
+def release_mapped_pages(arr: np.ndarray) -> bool:
+    """Drop the whole pages of arr from the resident set if arr views a read-only file mapping
+    (MADV_DONTNEED on a shared file mapping only unmaps; the data stays in the file and the page
+    cache). Anything else (anonymous memory, where it would discard data) is left alone."""
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or base.closed:
+        return False
+    start = arr.ctypes.data - np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data
+    page = mmap.PAGESIZE
+    lo = -(-start // page) * page
+    hi = (start + arr.nbytes) // page * page
+    if hi <= lo:
+        return False
+    base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return True
+
+
 @dataclass
 class GGUFFile:
-    path: Path
+    path: Path                   # the file given: the first shard of a split model
     version: int
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]     # a split model's: the first shard's, split.* keys included
     tensors: dict[str, TensorInfo]
     data_offset: int
-    _map: Any = field(repr=False, default=None)
+    _maps: list = field(repr=False, default_factory=list)   # one read-only mapping per shard
     # key -> (GGUF value type, array item type or None), so the metadata can be written back
     metadata_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    shards: list[Path] = field(default_factory=list)       # every file, in order ([path] if whole)
+
+    def __post_init__(self):
+        if not self.shards:
+            self.shards = [self.path]
+
+    @property
+    def file_bytes(self) -> int:
+        """The size of the model on disk: all its shards."""
+        return sum(p.stat().st_size for p in self.shards)
 
     @property
     def architecture(self) -> str:
@@ -83,10 +132,10 @@ class GGUFFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 view into the mapped file (no copy)."""
         info = self.tensors[name]
-        return np.frombuffer(self._map, dtype=np.uint8, count=info.n_bytes, offset=info.offset)
+        return np.frombuffer(self._maps[info.shard], dtype=np.uint8, count=info.n_bytes, offset=info.offset)
 
     def close(self) -> None:
-        self._map = None  # numpy views keep the mapping alive until they go
+        self._maps = []  # numpy views keep the mappings alive until they go
 
     def __enter__(self):
         return self
@@ -150,8 +199,58 @@ class _Cursor:
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFFile:
-    """Map and parse a GGUF file; raises GGUFError (one sentence) for anything malformed."""
-    path = Path(path)
+    """Map and parse a GGUF file, or all shards of a split model given the first; raises
+    GGUFError (one sentence) for anything malformed, missing or mismatched."""
+    first = _open_one(Path(path))
+    count = int(first.metadata.get(SPLIT_COUNT, 0) or 0)
+    if count <= 1:
+        return first
+    return _open_shards(first, count)
+
+
+def _open_shards(first: GGUFFile, count: int) -> GGUFFile:
+    path = first.path
+    index = int(first.metadata.get(SPLIT_NO, 0))
+    named = _SHARD_NAME.search(path.name)
+    prefix = path.parent / path.name[:named.start()] if named else None
+    if index != 0:
+        hint = f": open {shard_path(prefix, 0, count).name}" if prefix else ""
+        raise GGUFError(f"{path} is shard {index + 1} of {count} of a split model; a split model is "
+                        f"opened by its first shard{hint}")
+    if named is None or (int(named.group(1)), int(named.group(2))) != (1, count):
+        raise GGUFError(f"{path} is the first of {count} shards, but its name does not end in "
+                        f"-00001-of-{count:05d}.gguf, so the other shards cannot be found")
+    declared = first.metadata.get(SPLIT_TENSORS)
+    tensors = dict(first.tensors)
+    maps, shards = list(first._maps), [path]
+    for i in range(1, count):
+        p = shard_path(prefix, i, count)
+        if not p.exists():
+            raise GGUFError(f"{p.name} is missing: {path.name} is the first of {count} shards")
+        part = _open_one(p)
+        meta = part.metadata
+        if SPLIT_NO not in meta:
+            raise GGUFError(f"{p} is not a shard of a split model (it has no {SPLIT_NO})")
+        if (meta.get(SPLIT_COUNT), meta.get(SPLIT_TENSORS)) != (count, declared):
+            raise GGUFError(f"{p} is a shard of another model: it belongs to {meta.get(SPLIT_COUNT)} shards "
+                            f"of {meta.get(SPLIT_TENSORS)} tensors, {path.name} to {count} of {declared}")
+        if meta[SPLIT_NO] != i:
+            raise GGUFError(f"{p} holds shard {meta[SPLIT_NO] + 1} of {count}, not shard {i + 1}: "
+                            f"the shards are misnamed or out of order")
+        for name, info in part.tensors.items():
+            if name in tensors:
+                raise GGUFError(f"tensor {name} appears in two shards of {path.name} ({p.name} and another)")
+            tensors[name] = TensorInfo(info.name, info.shape, info.qtype, info.offset, info.n_bytes, shard=i)
+        maps += part._maps
+        shards.append(p)
+    if declared is not None and len(tensors) != declared:
+        raise GGUFError(f"the {count} shards of {path.name} hold {len(tensors)} tensors, but it declares "
+                        f"{declared}: a shard is of another model")
+    return GGUFFile(path, first.version, first.metadata, tensors, first.data_offset, maps,
+                    first.metadata_types, shards)
+
+
+def _open_one(path: Path) -> GGUFFile:
     if not path.exists():
         raise GGUFError(f"{path} does not exist")
     if path.is_dir():
@@ -218,4 +317,4 @@ def open_gguf(path: str | os.PathLike) -> GGUFFile:
             raise GGUFError(f"{path} is corrupt: tensor {name} appears twice")
         tensors[name] = TensorInfo(name, shape, qtype, start, n_bytes)
 
-    return GGUFFile(path, version, metadata, tensors, data_offset, buf, types)
+    return GGUFFile(path, version, metadata, tensors, data_offset, [buf], types)

@@ -1,4 +1,9 @@
-"""Quantizing a whole GGUF model: plan the types, encode every tensor, write the new file."""
+"""Quantizing a whole GGUF model: plan the types, encode every tensor, write the new file.
+
+Memory stays bounded whatever the model's size: tensors are read, encoded and written one chunk
+of rows at a time (CHUNK_BYTES of float32 at most), the source's mapped pages are dropped from
+the resident set once encoded, and the output goes straight to its file.
+"""
 from __future__ import annotations
 
 import time
@@ -6,17 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .decode import dequantize
 from .encode import quantize
-from .gguffile import GGUFFile
+from .gguffile import GGUFFile, release_mapped_pages
 from .imatrix import ImportanceMatrix
 from .recipes import (NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError,
                       file_type_of, plan, resolve_target)
-from .writer import TensorSpec, write_gguf
+from .writer import SplitRule, TensorSpec, output_paths, plan_shards, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
+CHUNK_BYTES = 16 << 20   # float32 rows decoded and encoded at once
 
 
 class QuantizeError(ValueError):
@@ -31,6 +36,7 @@ class QuantizeSummary:
     file_bytes: int = 0
     seconds: float = 0.0
     type_counts: dict[str, int] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)   # the files written, or to be (several if split)
 
     @property
     def bpw(self) -> float:
@@ -103,18 +109,25 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
     t = src.tensors[choice.name]
 
     def produce():
-        if choice.qtype.name == t.qtype.name:
-            out = src.raw(choice.name)
-        else:
-            rows = dequantize(src.raw(choice.name), t.qtype, t.shape).reshape(-1, t.n_cols)
-            if choice.qtype.name == "F32":
-                out = rows.astype(np.float32)
+        raw = src.raw(choice.name).reshape(t.n_rows, -1)
+        copy = choice.qtype.name == t.qtype.name
+        imp = im.importance(choice.name) if im is not None and not copy else None
+        step = max(1, CHUNK_BYTES // (4 * max(1, t.n_cols)))
+        for start in range(0, t.n_rows, step):
+            part = raw[start:start + step]
+            if copy:
+                yield part
             else:
-                imp = im.importance(choice.name) if im is not None else None
-                out = quantize(rows, choice.qtype, imp)
-        if progress:
-            progress(t.n_elements)
-        return out
+                rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols))
+                try:
+                    out = rows if choice.qtype.name == "F32" else quantize(rows, choice.qtype, imp)
+                except ValueError as e:   # weights or importance unfit for encoding
+                    raise QuantizeError(f"tensor {choice.name}: {e}") from None
+                yield out
+            release_mapped_pages(part)   # written: its pages of the source may go
+            if progress:
+                progress(part.shape[0] * t.n_cols)
+        release_mapped_pages(raw)
     return produce
 
 
@@ -132,7 +145,7 @@ def file_type(opts: PlanOptions, specs: list[TensorSpec]) -> int:
 def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
                    im: ImportanceMatrix | None = None, allow_requantize: bool = False,
                    dry_run: bool = False, imatrix_path: str | None = None,
-                   progress: Callable[[int], None] | None = None) -> QuantizeSummary:
+                   progress: Callable[[int], None] | None = None, split: SplitRule | None = None) -> QuantizeSummary:
     start = time.perf_counter()
     out_path = Path(out_path)
     opts.has_imatrix = im is not None
@@ -151,11 +164,16 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
         specs.append(spec)
         summary.n_bytes += spec.n_bytes
         summary.type_counts[c.qtype.name] = summary.type_counts.get(c.qtype.name, 0) + 1
+    alignment = int(src.metadata.get("general.alignment", 32))
+    summary.paths = output_paths(out_path, len(plan_shards(specs, split, alignment)) if split else None)
     if dry_run:
         summary.seconds = time.perf_counter() - start
         return summary
     if not out_path.parent.exists():
         raise QuantizeError(f"the output directory {out_path.parent} does not exist")
+    inputs = {p.resolve() for p in src.shards}
+    if any(p.resolve() in inputs for p in summary.paths):
+        raise QuantizeError("the output would overwrite the input")
     metadata = {k: v for k, v in src.metadata.items() if not k.startswith("quantize.imatrix.")}
     types = dict(src.metadata_types)
     metadata["general.file_type"] = file_type(opts, specs)
@@ -169,7 +187,7 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
         metadata["quantize.imatrix.chunks_count"] = im.chunk_count
         types.update({"quantize.imatrix.file": (8, None), "quantize.imatrix.dataset": (8, None),
                       "quantize.imatrix.entries_count": (5, None), "quantize.imatrix.chunks_count": (5, None)})
-    summary.file_bytes = write_gguf(out_path, metadata, types, specs,
-                                    alignment=int(src.metadata.get("general.alignment", 32)))
+    summary.paths = write_gguf(out_path, metadata, types, specs, alignment=alignment, split=split)
+    summary.file_bytes = sum(p.stat().st_size for p in summary.paths)
     summary.seconds = time.perf_counter() - start
     return summary

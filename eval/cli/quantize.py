@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     s.add_argument("--output-tensor-type")
     s.add_argument("--token-embedding-type")
     s.add_argument("--tensor-type", action="append", metavar="REGEX=TYPE")
+    s.add_argument("--split-max-size", metavar="SIZE",
+                   help="write shards of at most SIZE of tensor data each (500M, 2G; a larger tensor gets "
+                        "a shard of its own), named OUTPUT-00001-of-0000N.gguf as llama.cpp's gguf-split does")
+    s.add_argument("--split-max-tensors", type=int, metavar="N", help="write shards of at most N tensors each")
     s.add_argument("--dry-run", action="store_true", help="print the per-tensor plan and size only")
     s.add_argument("-t", "--threads", type=int, default=None)
     s.set_defaults(func=run)
@@ -89,6 +93,19 @@ def overrides_from(specs: list[str] | None) -> list[tuple[str, str]]:
     return overrides
 
 
+def split_rule(args):
+    """--split-max-size / --split-max-tensors as a SplitRule, or None for one file."""
+    from lowbit.quant.writer import SplitRule, parse_size
+
+    if args.split_max_size is None and args.split_max_tensors is None:
+        return None
+    try:
+        size = parse_size(args.split_max_size) if args.split_max_size is not None else None
+        return SplitRule(size, args.split_max_tensors)
+    except ValueError as e:
+        raise UsageError(f"--split-max-size/--split-max-tensors: {e}") from None
+
+
 def run(args) -> int:
     from lowbit.quant import imatrix as imx
     from lowbit.quant.allocate import read_recipe
@@ -99,6 +116,7 @@ def run(args) -> int:
     from ..model_store import resolve_model
 
     set_threads(args.threads)
+    split = split_rule(args)
     src = open_gguf(resolve_model(args.input))
     if not args.dry_run:
         out = Path(args.output)
@@ -127,7 +145,7 @@ def run(args) -> int:
     total = sum(t.n_elements for t in src.tensors.values())
     bar = progress_bar(f"quantize {label}", total=total, unit="w", disable=args.dry_run)
     summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
-                             args.imatrix, progress=bar.update)
+                             args.imatrix, progress=bar.update, split=split)
     bar.close()
     if args.dry_run:
         for c in summary.choices:
@@ -136,7 +154,8 @@ def run(args) -> int:
             print(f"{c.name:<32} {shape:>14}  {t.qtype.name:>7} -> {c.qtype.name:<8} {c.reason}")
     counts = ", ".join(f"{n} {k}" for k, n in sorted(summary.type_counts.items(), key=lambda kv: -kv[1]))
     size = summary.file_bytes or summary.n_bytes
-    print(f"{'plan' if args.dry_run else 'wrote ' + args.output}: {size / 2**20:.2f} MiB, "
+    shards = f" in {len(summary.paths)} shards" if len(summary.paths) > 1 else ""
+    print(f"{'plan' if args.dry_run else 'wrote ' + str(summary.paths[0])}: {size / 2**20:.2f} MiB{shards}, "
           f"{summary.bpw:.3f} bits per weight over {summary.n_params:,} weights ({counts}); "
           f"{summary.seconds:.1f} s")
     return 0

@@ -5,11 +5,10 @@ Python, with a clear error, before any njit code indexes the raw bytes.
 """
 from __future__ import annotations
 
-import mmap
-
 import numpy as np
 
 from lowbit.quant.decode import dequantize
+from lowbit.quant.gguffile import release_mapped_pages
 from lowbit.quant.tensor_bytes import as_block_rows
 from lowbit.quant.types import QuantType
 
@@ -22,27 +21,6 @@ from .repack import repack
 
 class KernelError(ValueError):
     """Activations that do not fit the matrix."""
-
-
-def release_mapped_pages(arr: np.ndarray) -> bool:
-    """Drop the whole pages of arr from the resident set if arr views a read-only file mapping
-    (MADV_DONTNEED on a shared file mapping only unmaps; the data stays in the file and the page
-    cache). Anything else (anonymous memory, where it would discard data) is left alone."""
-    base = arr
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):
-        base = base.obj
-    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise") or base.closed:
-        return False
-    start = arr.ctypes.data - np.frombuffer(base, dtype=np.uint8, count=1).ctypes.data
-    page = mmap.PAGESIZE
-    lo = -(-start // page) * page
-    hi = (start + arr.nbytes) // page * page
-    if hi <= lo:
-        return False
-    base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    return True
 
 
 class QuantMatrix:
