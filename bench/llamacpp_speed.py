@@ -3,7 +3,7 @@ the tests `lowbit bench` runs, so the two can be put side by side in one sitting
 
 Runs under the llama-cpp-python venv, NOT lowbit's (it imports llama_cpp and numpy only):
 
-    /work/llama/venv/bin/python bench/llamacpp_speed.py FILE [FILE ...] -p 512 -n 128 -t 2 -r 3
+    $P bench/llamacpp_speed.py FILE [FILE ...] -p 512 -n 128 -t 2 -r 3
 
 Tests, as llama-bench and `lowbit bench` run them:
   ppP  P fixed-seed random token ids (the first one BOS when the model adds BOS) in one decode
