@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from .config import ModelError
+from .config import ContextFullError, ModelError
+from .finite import check_logits
 from .model import KVCache, Model
 from .sampling import Sampler
 from .tokenizer import Tokenizer
@@ -58,11 +59,12 @@ def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], c
     if not new_tokens:
         raise ModelError("the prompt is empty")
     if cache.n_past + len(new_tokens) > cache.n_ctx:
-        raise ModelError(f"the prompt needs {cache.n_past + len(new_tokens)} tokens but the context "
-                         f"holds {cache.n_ctx}; raise -c or shorten the prompt")
+        raise ContextFullError(f"the prompt needs {cache.n_past + len(new_tokens)} tokens but the "
+                               f"context holds {cache.n_ctx}")
     history = list(history or []) + list(new_tokens)
     t = time.perf_counter()
     logits = model.forward(new_tokens, cache)[-1]
+    check_logits(logits[None], new_tokens, len(new_tokens) - 1, "in the prompt")
     stats.prompt_tokens += len(new_tokens)
     stats.prompt_seconds += time.perf_counter() - t
     t = time.perf_counter()
@@ -81,6 +83,7 @@ def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], c
                 stats.stopped_by = "context full"
                 return
             logits = model.forward([token], cache)[-1]
+            check_logits(logits[None], [token])
         stats.stopped_by = "token limit"
     finally:
         stats.generate_seconds += time.perf_counter() - t

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from conftest import lowbit as run_lowbit
 from synthetic import build_model
 
 from lowbit.eval.speed import BenchError, parse_count, parse_counts
@@ -20,8 +19,7 @@ def models(tmp_path_factory):
 
 
 def lowbit(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "bench", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    return run_lowbit("bench", *args)
 
 
 def table_rows(stdout: str) -> list[list[str]]:
