@@ -17,7 +17,6 @@ import time
 from lowbit.eval.machine import pin_threads
 from lowbit.eval.model_store import resolve_model
 from lowbit.eval.speed import synthetic_tokens
-import lowbit.runtime.kernels.matrix as mx
 from lowbit.runtime.kernels import packed
 from lowbit.runtime.model import Model
 
@@ -35,9 +34,8 @@ DEFAULT_PLANES = packed.ACTIVATION_PLANES   # what "off" restores
 
 def _planes(n):
     def set_planes(model, on):
-        planes = n if on else DEFAULT_PLANES
-        packed.ACTIVATION_PLANES = mx.ACTIVATION_PLANES = planes
-        mx.QuantMatrix.quantize.__defaults__ = (planes,)
+        for lin in model.linears(include_output=True):
+            lin.planes = n if on else DEFAULT_PLANES
     return set_planes
 
 

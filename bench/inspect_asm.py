@@ -1,11 +1,13 @@
-"""What LLVM made of the hot loops: instruction counts of the integer kernel, the attention
-and the activation quantizer, compiled fresh (a temporary numba cache: cached code cannot be
-inspected).
+"""What LLVM made of the hot loops: instruction counts of the integer kernel, the float
+kernels, the attention and the activation quantizer, compiled fresh (a temporary numba cache:
+cached code cannot be inspected).
 
-    python bench/inspect_asm.py [--kernel nib5] [--planes 3] [--show-loop]
+    python bench/inspect_asm.py [--type Q4_K] [--planes 3] [--tokens 5] [--float F16] [--show-loop]
 
 Prints, per function, the vector instructions by count (zmm = 512-bit), and with --show-loop
-the innermost basic block that holds the most vpdpbusd / vfmadd instructions.
+the innermost basic block that holds the most vpdpbusd / vfmadd instructions. --tokens 1 runs
+the kernel once with one token (the generation path: steps decoded in registers); any count
+compiles both paths, but the hottest block then is the token-tiled loop.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ os.environ["LOWBIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lowbit-asm-")
 
 import numpy as np  # noqa: E402
 
-from lowbit.runtime.kernels import repack  # noqa: E402
+from lowbit.quant.types import by_name  # noqa: E402
+from lowbit.runtime.kernels import floats  # noqa: E402
 from lowbit.runtime.kernels.attention import attention_kernel, cache_length  # noqa: E402
+from lowbit.runtime.kernels.layout import GROUP, layout_of  # noqa: E402
 from lowbit.runtime.kernels.packed import packed_kernel, quantizer  # noqa: E402
-
-FORMATS = {"u8": repack.U8, "nib4": repack.NIB4, "nib5": repack.NIB5, "nib6": repack.NIB6}
 
 
 def blocks(asm: str):
@@ -55,26 +57,36 @@ def summary(name, asm, show_loop, hot=("vpdpbusd", "vfmadd231ps")):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kernel", default="nib5", choices=sorted(FORMATS))
-    p.add_argument("--sub", type=int, default=32)
-    p.add_argument("--affine", action="store_true")
+    p.add_argument("--type", default="Q4_K", help="a quantized type: its layout's kernel")
     p.add_argument("--planes", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=5)
+    p.add_argument("--float", default="F16", choices=sorted(floats.FORMATS), help="the float kernels' weight type")
     p.add_argument("--show-loop", action="store_true")
     args = p.parse_args(argv)
-    fmt = FORMATS[args.kernel]
-    k = packed_kernel(fmt, args.sub, args.affine, False, args.planes)
-    n_cols, groups, n_tokens = 256, 2, 5
-    q = np.zeros((groups, n_cols // args.sub * repack.sub_bytes(fmt, args.sub)), np.uint8)
-    sc = np.zeros((groups, n_cols // args.sub * 16), np.float32)
-    mn = np.zeros((groups, sc.shape[1] if args.affine else 0), np.float32)
-    offs = np.zeros(groups * 16, np.float32)
+    lay = layout_of(by_name(args.type))
+    k = packed_kernel(lay.kernel_key, args.planes)
+    n_cols, groups, n_tokens = 256, 2, args.tokens
+    q = np.zeros((groups, n_cols // lay.block * lay.block_bytes), np.uint8)
+    offs = np.zeros(groups * GROUP, np.float32)
     qx = np.zeros((args.planes, n_tokens * n_cols), np.int8)
     dx = np.zeros(n_tokens * n_cols // 32, np.float32)
     isum = np.zeros((2, n_tokens * n_cols // 16), np.int32)
-    out = np.zeros(n_tokens * groups * 16, np.float32)
-    k(q, sc, mn, offs, qx, dx, isum, n_tokens, groups * 16, out)
-    summary(f"integer kernel ({args.kernel}, sub-block {args.sub}, {'affine' if args.affine else 'symmetric'}, "
-            f"{args.planes} planes)", k.inspect_asm(k.signatures[0]), args.show_loop)
+    out = np.zeros(n_tokens * groups * GROUP, np.float32)
+    k(q, offs, qx, dx, isum, n_tokens, groups * GROUP, out)
+    summary(f"integer kernel ({args.type}: {lay.weights.name} weights, {lay.scales.name} scales, sub-block "
+            f"{lay.sub}, {args.planes} planes)", k.inspect_asm(k.signatures[0]), args.show_loop)
+
+    fmt = floats.FORMATS[args.float]
+    w = np.zeros((48, 256), np.float32 if args.float == "F32" else np.uint16)
+    xs = np.zeros((40, 256), np.float32)
+    floats.matmul(w, fmt, xs, np.zeros((40, 48), np.float32))
+    floats.matvec(w, fmt, xs[0], np.zeros(48, np.float32))
+    mm = floats.matmul_kernel(fmt, 2)
+    summary(f"float matrix-matrix kernel ({args.float}, 12 rows x 32 tokens)", mm.inspect_asm(mm.signatures[0]),
+            args.show_loop, hot=("vfmadd231ps",))
+    mv = floats.matvec_kernel(fmt)
+    summary(f"float matrix-vector kernel ({args.float})", mv.inspect_asm(mv.signatures[0]), args.show_loop,
+            hot=("vfmadd231ps",))
 
     a = attention_kernel(False)
     na = cache_length(64)

@@ -1,91 +1,99 @@
-"""Prompt-processing and generation speed of mainline llama.cpp (through llama-cpp-python), with
-the tests `lowbit bench` runs, so the two can be put side by side in one sitting.
+"""lowbit against mainline llama.cpp in one sitting: `lowbit bench` and the native `llama-bench`
+binary on the same files and thread counts, their runs interleaved, the ratios in one table.
 
-Runs under the llama-cpp-python venv, NOT lowbit's (it imports llama_cpp and numpy only):
+    python bench/llamacpp_speed.py LLAMA_BENCH FILE [FILE ...] [-p 512] [-n 128] [-t 1,2]
+                                   [-r 3] [--rounds 2] [--exact] [--json OUT]
 
-    $P bench/llamacpp_speed.py FILE [FILE ...] -p 512 -n 128 -t 2 -r 3
-
-Tests, as llama-bench and `lowbit bench` run them:
-  ppP  P fixed-seed random token ids (the first one BOS when the model adds BOS) in one decode
-       call (n_batch = n_ubatch = P) from an empty KV cache.
-  tgN  N tokens one decode call at a time from an empty KV cache (logits computed, nothing
-       sampled).
-One untimed warm-up run per test, then `reps` timed runs; tokens/s is the mean and sample
-standard deviation of the per-run figures. llama-cpp-python's own Python per call (copying the
-last row of logits into numpy) is included in tg, as lowbit's Python is in its own figures.
+LLAMA_BENCH is the path of a llama-bench binary (built from the llama.cpp source). Each round
+runs, for each file and thread count, llama-bench (`-fa 1 -o json`) and then `lowbit bench
+--json` (--no-startup) with the same -p, -n, -r; with several rounds the order of the two
+alternates, so that a change in the machine's load falls on both. Reported per (file,
+threads, test): the mean tokens/s of each program over the rounds, their ratio, and the load
+average (1 min) seen before each run; the figures are as good as the machine is quiet.
+lowbit runs its default (fast) activations unless --exact.
 """
+from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
+import subprocess
 import sys
-import time
-
-import llama_cpp
-import numpy as np
-
-SEED = 1234
+from collections import defaultdict
+from pathlib import Path
 
 
-@llama_cpp.llama_log_callback
-def _quiet(level, text, user_data):
-    pass
+def run_llama_bench(binary: str, path: str, threads: int, args) -> dict[str, float]:
+    cmd = [binary, "-m", path, "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", str(threads),
+           "-fa", "1", "-r", str(args.reps), "-o", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"llama-bench failed on {path}: {done.stderr.strip().splitlines()[-1:]}")
+    out = {}
+    for r in json.loads(done.stdout):
+        test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
+        out[test] = r["avg_ts"]
+    return out
 
 
-llama_cpp.llama_log_set(_quiet, None)
-
-
-def run_prompt(llm, tokens) -> float:
-    llm.reset()
-    llm._ctx.kv_cache_clear()
-    start = time.perf_counter()
-    llm.eval(tokens)
-    return len(tokens) / (time.perf_counter() - start)
-
-
-def run_generation(llm, tokens) -> float:
-    llm.reset()
-    llm._ctx.kv_cache_clear()
-    start = time.perf_counter()
-    for tok in tokens:
-        llm.eval([tok])
-    return len(tokens) / (time.perf_counter() - start)
-
-
-def bench_file(path: str, args) -> list:
-    llm = llama_cpp.Llama(model_path=path, n_ctx=args.n_prompt + args.n_gen, n_batch=args.n_prompt,
-                          n_ubatch=args.n_prompt, n_threads=args.threads,
-                          n_threads_batch=args.threads, verbose=False)
-    rng = np.random.default_rng(SEED)
-    n_vocab = llm.n_vocab()
-    bos = llm.token_bos() if llm._model.add_bos_token() else None
-    rows = []
-    for name, count, runner in (("pp", args.n_prompt, run_prompt), ("tg", args.n_gen, run_generation)):
-        if count <= 0:
-            continue
-        ids = [int(t) for t in rng.integers(0, n_vocab, size=count)]
-        if bos is not None:
-            ids[0] = bos
-        runner(llm, ids)  # warm-up
-        speeds = [runner(llm, ids) for _ in range(args.reps)]
-        sd = statistics.stdev(speeds) if len(speeds) > 1 else 0.0
-        rows.append((f"{name}{count}", statistics.mean(speeds), sd))
-    return rows
+def run_lowbit(path: str, threads: int, args) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "lowbit.eval.cli", "bench", path, "-p", str(args.n_prompt), "-n",
+           str(args.n_gen), "-t", str(threads), "-r", str(args.reps), "--no-startup", "--json"]
+    if args.exact:
+        cmd.append("--exact")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"lowbit bench failed on {path}: {done.stderr.strip().splitlines()[-1:]}")
+    return {r["test"]: r["avg_ts"] for r in json.loads(done.stdout)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("llama_bench", help="path of the llama-bench binary")
     ap.add_argument("files", nargs="+")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
-    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("-r", "--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--exact", action="store_true", help="lowbit's exact activations")
+    ap.add_argument("--json", metavar="OUT", help="also write every run as JSON")
     args = ap.parse_args(argv)
-    print(f"llama-cpp-python {llama_cpp.__version__}, {args.threads} threads, {args.reps} runs after a warm-up")
-    print("| file | test | t/s |")
-    print("|---|---|---:|")
-    for path in args.files:
-        for test, mean, sd in bench_file(path, args):
-            print(f"| {path.rsplit('/', 1)[-1]} | {test} | {mean:.2f} ± {sd:.2f} |", flush=True)
+    if not Path(args.llama_bench).is_file():
+        raise SystemExit(f"{args.llama_bench} is not a file: give the llama-bench binary's path")
+    threads = [int(t) for t in args.threads.split(",")]
+    speeds = defaultdict(lambda: defaultdict(list))    # (file, threads, test) -> program -> [t/s]
+    loads = defaultdict(list)
+    runs = []
+    for rnd in range(args.rounds):
+        for path in args.files:
+            for t in threads:
+                order = [("llama.cpp", run_llama_bench), ("lowbit", None)]
+                if rnd % 2:
+                    order.reverse()
+                for prog, _ in order:
+                    load = os.getloadavg()[0]
+                    res = (run_llama_bench(args.llama_bench, path, t, args) if prog == "llama.cpp"
+                           else run_lowbit(path, t, args))
+                    for test, ts in res.items():
+                        speeds[(path, t, test)][prog].append(ts)
+                        loads[(path, t, test)].append(load)
+                        runs.append({"round": rnd, "file": path, "threads": t, "test": test,
+                                     "program": prog, "t_s": ts, "load_1min": load})
+                    print(f"round {rnd + 1} {Path(path).name} t={t} {prog}: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in res.items()) + f" (load {load:.2f})",
+                          file=sys.stderr, flush=True)
+    mean = lambda v: sum(v) / len(v)
+    print(f"lowbit ({'exact' if args.exact else 'fast'} activations) against {args.llama_bench} -fa 1, "
+          f"{args.rounds} interleaved rounds of {args.reps} runs")
+    print("| file | threads | test | llama.cpp t/s | lowbit t/s | lowbit / llama.cpp | load avg |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for (path, t, test), by in speeds.items():
+        ll, lb = mean(by["llama.cpp"]), mean(by["lowbit"])
+        print(f"| {Path(path).name} | {t} | {test} | {ll:.2f} | {lb:.2f} | {lb / ll:.2f} | "
+              f"{min(loads[(path, t, test)]):.1f}-{max(loads[(path, t, test)]):.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
     return 0
 
 

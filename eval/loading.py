@@ -13,13 +13,16 @@ class InputError(LowbitError):
     """A text or output path the user named that cannot be used: one sentence."""
 
 
-def load_model(name_or_path):
+def load_model(name_or_path, precision: str = "exact"):
+    """(model, tokenizer); precision "exact" or "fast": the activations of the integer products
+    (runtime/model.py, Model.precision)."""
     from lowbit.runtime.model import Model
     from lowbit.runtime.tokenizer import Tokenizer
 
     from .model_store import resolve_model
 
     model = Model.load(resolve_model(str(name_or_path)))
+    model.precision = precision
     return model, Tokenizer(model.gguf.metadata)
 
 

@@ -16,15 +16,17 @@ resident set once their pages have been read.
 
 Threads: -t sets numba's pool, which runs the whole forward pass: the matrix products and the
 attention (runtime/kernels/attention.py) are numba kernels, and nothing in the forward pass calls
-numpy's BLAS any more. numpy's OpenBLAS pool, sized to all cores by default whatever -t says, is
-still pinned to one thread (blas_threads; `lowbit bench --blas-threads`): when the attention was
-a numpy matmul, a second BLAS thread cost 2-3x on a shared 2-core machine (2026-11-25, SmolLM2,
-256-token prompt: 284 tokens/s with numba 1 + BLAS 1 thread against 85 with numba 1 + BLAS 2),
-most likely its idle workers spinning on the cores numba's threads needed next, and a numpy
-product elsewhere (the encoders' grid tables) must not wake such a pool again. The pool is set
-through OpenBLAS's C entry point (lowbit.eval.machine.blas_pool) since OPENBLAS_NUM_THREADS is
-read only when numpy is imported, which has happened before -t is parsed; the start-up child
-gets OPENBLAS_NUM_THREADS instead.
+numpy's BLAS. -t is an upper bound, since each forward pass leaves out the cores other processes
+keep busy (runtime/threads.py), and the table says when that happened ("2 (1)": asked for 2, ran
+on 1). numpy's OpenBLAS pool, sized to all cores by default whatever -t says, is still pinned to
+one thread (blas_threads; `lowbit bench --blas-threads`): when the attention was a numpy matmul,
+a second BLAS thread cost 2-3x on a shared 2-core machine (2026-11-25, SmolLM2, 256-token prompt:
+284 tokens/s with numba 1 + BLAS 1 thread against 85 with numba 1 + BLAS 2), most likely its idle
+workers spinning on the cores numba's threads needed next, and a numpy product elsewhere (the
+encoders' grid tables) must not wake such a pool again. The pool is set through OpenBLAS's C
+entry point (lowbit.eval.machine.blas_pool) since OPENBLAS_NUM_THREADS is read only when numpy is
+imported, which has happened before -t is parsed; the start-up child gets OPENBLAS_NUM_THREADS
+instead.
 
 Start-up: a separate process loads the model and runs an 8-token prompt and one generated token,
 the way `lowbit generate` starts: the time from the start of the load to the first token is
@@ -211,6 +213,16 @@ def run_test(model, cache, tokens: np.ndarray, test: Test, reps: int, step: Call
     return seconds
 
 
+def threads_used(before: dict, after: dict, asked: int) -> dict[str, int]:
+    """Forward passes by the number of threads they ran on (runtime/threads.py lowers it when
+    other processes keep cores busy), between two snapshots of the counts."""
+    used = {}
+    for (a, u), n in after.items():
+        if a == asked and n > before.get((a, u), 0):
+            used[str(u)] = n - before.get((a, u), 0)
+    return used or {str(asked): 0}
+
+
 # -- start-up (a child process) ----------------------------------------------------------------
 
 def _kernel_files(root: Path) -> dict[str, float]:
@@ -317,18 +329,20 @@ def blas_threads_set(n: int):
 
 def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[int], reps: int,
           cold: bool = False, startup_runs: bool = True, blas_threads: int = 1,
-          progress: Callable[[str, int], None] | None = None) -> list[dict]:
+          progress: Callable[[str, int], None] | None = None, precision: str = "fast") -> list[dict]:
     """Benchmark each model at each thread count (numba's threads; the caller has checked the
     counts); one result dict per (model, threads, test). numpy's BLAS pool (which the
     forward pass does not use) is held at blas_threads meanwhile (the module docstring says why).
     "rss_after_imports" is the resident set when the call begins: in `lowbit bench`, after the
-    imports and before any model is loaded.
+    imports and before any model is loaded. precision: the activation precision of the integer
+    products ("fast" or "exact", runtime/model.py).
     """
     import gc
 
     import numba
 
     from lowbit.runtime.model import Model
+    from lowbit.runtime.threads import SHARE
 
     from .machine import cpu_name
 
@@ -352,6 +366,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
             gc.collect()
             peak_reset = reset_peak_rss()
             model = Model.load(path)
+            model.precision = precision
             info = model_info(model.gguf)
             longest = max([t.n for t in tests], default=1)
             tokens = synthetic_tokens(model.gguf, model.cfg.n_vocab, longest)
@@ -361,7 +376,9 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                 numba.set_num_threads(n_threads)
                 for test in tests:
                     progress(f"{info.label} t={n_threads} {test.name}", 0)
+                    counts = dict(SHARE.counts)
                     seconds = run_test(model, cache, tokens, test, reps, lambda: progress("", 1))
+                    used = threads_used(counts, SHARE.counts, n_threads)
                     tps = [test.n / s for s in seconds]
                     avg_ts, std_ts = mean_std(tps)
                     avg_s, std_s = mean_std(seconds)
@@ -371,9 +388,9 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                         "model_filename": str(info.path), "model_name": info.name, "model_arch": info.arch,
                         "model_type": info.label,
                         "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
-                        "n_threads": numba.get_num_threads(), "test": test.name,
+                        "n_threads": numba.get_num_threads(), "threads_used": used, "test": test.name,
                         "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
-                        "reps": reps, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "reps": reps, "precision": precision, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "avg_ns": round(avg_s * 1e9), "stddev_ns": round(std_s * 1e9),
                         "avg_ts": avg_ts, "stddev_ts": std_ts,
                         "samples_ns": [round(s * 1e9) for s in seconds], "samples_ts": tps,
@@ -407,12 +424,26 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
+def _threads_cell(r: dict) -> str:
+    """'2', or '2 (1)' when other processes' load made the passes run on 1 thread (all of them),
+    '2 (1: 40%)' for part of them."""
+    used = {int(k): n for k, n in r.get("threads_used", {}).items() if n}
+    asked = r["n_threads"]
+    if not used or set(used) == {asked}:
+        return str(asked)
+    total = sum(used.values())
+    fewer = sorted(u for u in used if u != asked)
+    if asked not in used and len(fewer) == 1:
+        return f"{asked} ({fewer[0]})"
+    return f"{asked} (" + ", ".join(f"{u}: {used[u] / total:.0%}" for u in fewer) + ")"
+
+
 def format_table(results: list[dict]) -> str:
     """The llama-bench markdown table, then memory, start-up and machine lines."""
     head = ["model", "size", "params", "type", "threads", "test", "t/s"]
     right = {"size", "params", "threads", "test", "t/s"}
     body = [[r["model_type"], _size(r["model_size"]), _count(r["model_n_params"]), r["file_type"],
-             str(r["n_threads"]), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in results]
+             _threads_cell(r), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
 
     def line(cells):
@@ -432,7 +463,8 @@ def format_table(results: list[dict]) -> str:
         peak = "peak RSS" if m["peak_is_per_model"] else "process peak RSS so far"
         out.append(f"memory {r['model_type']} {r['file_type']}: {peak} {m['peak_rss'] / 2**20:.1f} MiB, "
                    f"{m['peak_above_imports'] / 2**20:.1f} MiB above the {m['rss_after_imports'] / 2**20:.1f} MiB "
-                   f"resident after imports; file {r['model_size'] / 2**20:.1f} MiB")
+                   f"resident after imports = {m['peak_above_imports'] / r['model_size']:.2f}x the file "
+                   f"({r['model_size'] / 2**20:.1f} MiB)")
         for s in r["startup"]:
             out.append(f"start-up {r['model_type']} {r['file_type']} (numba cache {s['cache']}, {s['kernels_compiled']} kernels "
                        f"compiled, {s['threads']} threads): first token {s['first_token_seconds']:.2f} s after "
@@ -448,10 +480,15 @@ def format_table(results: list[dict]) -> str:
                 else "numpy's BLAS threads not controlled (no OpenBLAS found)")
         load = r.get("load_average")
         load = f"; load average {load[0]:.2f} before the runs" if load else ""
+        if any(_threads_cell(x) != str(x["n_threads"]) for x in results):
+            out.append("threads (N): the forward passes ran on N threads because other processes kept "
+                       "cores busy (runtime/threads.py)")
         out.append(f"machine: {r['cpu_info']}, {r['n_cores']} cores{load}; numba {threads} threads "
                    f"({r['numba_threading_layer']} layer), {blas}; lowbit {r['lowbit_version']}, "
                    f"Python {r['python_version']}, numpy {r['numpy_version']}, numba {r['numba_version']}, "
-                   f"llvmlite {r['llvmlite_version']}; mean ± sample std of {r['reps']} run{'s' if r['reps'] > 1 else ''} after a warm-up")
+                   f"llvmlite {r['llvmlite_version']}; activations: {r.get('precision', 'exact')} "
+                   f"({'one int8 plane' if r.get('precision') == 'fast' else 'three int8 planes'} per block of 32); "
+                   f"mean ± sample std of {r['reps']} run{'s' if r['reps'] > 1 else ''} after a warm-up")
     return "\n".join(out)
 
 

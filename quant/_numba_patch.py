@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 from numba.core import caching
 from numba.core.caching import FunctionCache, _CacheLocator
 from numba.core.registry import CPUDispatcher
@@ -49,9 +50,9 @@ class StableClosureCache(FunctionCache):
 
     Numba hashes a closure's cells by pickling them, and a pickled dispatcher carries a uuid that
     changes with every process, so kernels built by a factory around a jitted helper would never
-    be found again. Here a jitted helper is keyed by its module and name (its code is covered by
-    the source digest) and anything else by its repr (ints, strings). The compile options are
-    part of the key too: a factory that makes a parallel and a serial variant of one body
+    be found again. Here a jitted helper is keyed by its module, name and (recursively) its own
+    closure values (its code is covered by the source digest), anything else by its repr (ints,
+    strings). The compile options are part of the key too: a factory that makes a parallel and a serial variant of one body
     (`@cached_kernel(parallel=parallel)`) would otherwise have them share one cache entry, and
     whichever was compiled first would be loaded for both.
     """
@@ -70,9 +71,18 @@ class StableClosureCache(FunctionCache):
 
 def _describe(value):
     if isinstance(value, CPUDispatcher):
-        return ("jit", value.py_func.__module__, value.py_func.__qualname__)
+        # a helper made by a factory is known by its name and by its own closure values, which
+        # the kernel inlines (two helpers of one name that differ in a closure constant compile
+        # to different code)
+        fn = value.py_func
+        cells = tuple(_describe(c.cell_contents) for c in fn.__closure__ or ())
+        return ("jit", fn.__module__, fn.__qualname__, cells)
     if isinstance(value, (int, float, str, bool, type(None))):
         return value
+    if isinstance(value, tuple):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
     raise TypeError(f"closure variable of type {type(value).__name__} has no stable cache key")
 
 

@@ -19,6 +19,37 @@ class UnsupportedTypeError(LowbitError):
 
 
 @dataclass(frozen=True)
+class Packing:
+    """How the runtime's integer kernels hold a type (runtime/kernels/layouts.py has the
+    encodings and the recipe for adding one). Per sub-block of `sub` weights of a row the
+    weights are  w = scale * value(u) - min,  u the small unsigned code `unpack` yields per weight.
+
+    unpack(w, o, u, rec, y): njit; the block at byte o of the row w -> u (uint8[block_size])
+        and rec (uint8[sum of the scale encoding's field widths]), the block's scale fields in
+        the encoding's order (f16 fields as the file's two bytes, codes as one byte each, or
+        two to a byte for the f16_nib_* encodings);
+        y is float32[block_size] scratch for unpackers that go through the exact decoder.
+    weights: the weight encoding that stores u (its bits per weight) and turns it into bytes
+        for vpdpbusd: "u8", "nib4", "nib5", "nib6", "crumb2", "crumb3", "lut4" (value = table[u]),
+        or a grid type's own ("iq2_xxs", ...: grid indices and sign bits, runtime/kernels/grids.py).
+    scales: the scale encoding of rec: "f16", "f16_min", "e8m0", "f16_i8", "f16_u8_min",
+        "f16_nib_min", "f16_nib_quarter", "f16_nib_half", "f16_nib_odd".
+    offset: OFF of a symmetric type (min = OFF * scale: value = q + OFF); -1: affine, min stored.
+    table: for "lut4", the 16 values (0..255) that the codes 0..15 stand for.
+    """
+    weights: str
+    scales: str
+    sub: int
+    offset: int
+    unpack: Callable
+    table: tuple[int, ...] | None = None
+
+    @property
+    def affine(self) -> bool:
+        return self.offset < 0
+
+
+@dataclass(frozen=True)
 class QuantType:
     name: str
     ggml_id: int
@@ -33,6 +64,8 @@ class QuantType:
     # imp is the per-column importance (float32[n_cols], mean squared activations from an
     # importance matrix) or an empty array when there is none. None: lowbit cannot encode it yet.
     encode_row: Callable | None = None
+    # How the integer kernels hold it (None: the float kernels run it).
+    packing: Packing | None = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -59,11 +92,14 @@ _BY_NAME: dict[str, QuantType] = {}
 _BY_ID: dict[int, QuantType] = {}
 
 
-def register(name: str, family: str, decode_block: Callable, encode_row: Callable | None = None) -> QuantType:
+def register(name: str, family: str, decode_block: Callable, encode_row: Callable | None = None,
+             packing: Packing | None = None) -> QuantType:
     """Register a type; block and type sizes come from the gguf package, the format's authority."""
     ggml = GGMLQuantizationType[name]
     block_size, type_size = GGML_QUANT_SIZES[ggml]
-    qtype = QuantType(name, int(ggml), block_size, type_size, family, decode_block, encode_row)
+    if packing is not None and block_size % packing.sub:
+        raise ValueError(f"{name}: sub-blocks of {packing.sub} do not divide blocks of {block_size}")
+    qtype = QuantType(name, int(ggml), block_size, type_size, family, decode_block, encode_row, packing)
     assert name not in _BY_NAME and qtype.ggml_id not in _BY_ID, name
     _BY_NAME[name] = qtype
     _BY_ID[qtype.ggml_id] = qtype

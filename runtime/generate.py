@@ -48,6 +48,15 @@ class TextStream:
         return self._decoder.decode(b"", final=True)
 
 
+def check_prompt(n_past: int, n_new: int, n_ctx: int) -> None:
+    """Refuse an empty prompt, or one that does not fit after the n_past tokens of the cache."""
+    if not n_new:
+        raise ModelError("the prompt is empty")
+    if n_past + n_new > n_ctx:
+        raise ContextFullError(f"the prompt needs {n_past + n_new} tokens but the context "
+                               f"holds {n_ctx}")
+
+
 def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], cache: KVCache,
                     n_predict: int, sampler: Sampler, stats: GenerationStats,
                     history: list[int] | None = None) -> Iterator[int]:
@@ -56,11 +65,7 @@ def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], c
     Stops at an end-of-generation token (not yielded) or when the context is full
     (stats.stopped_by says which). `history` (the tokens so far) feeds the repetition penalty.
     """
-    if not new_tokens:
-        raise ModelError("the prompt is empty")
-    if cache.n_past + len(new_tokens) > cache.n_ctx:
-        raise ContextFullError(f"the prompt needs {cache.n_past + len(new_tokens)} tokens but the "
-                               f"context holds {cache.n_ctx}")
+    check_prompt(cache.n_past, len(new_tokens), cache.n_ctx)
     history = list(history or []) + list(new_tokens)
     t = time.perf_counter()
     logits = model.forward(new_tokens, cache)[-1]

@@ -15,22 +15,33 @@ from lowbit.quant.gguffile import GGUFFile, open_gguf
 from .config import ContextFullError, ModelConfig, ModelError, read_config
 from .finite import check_weights
 from .kernels import QuantMatrix, StackedMatrix
+from .kernels.packed import ACTIVATION_PLANES, PARALLEL_QUANTIZE_TOKENS
 from .kernels.attention import attention, cache_length
 from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
 from .ops import rope_tables
+from .threads import threads_for_forward
+
+
+# Activation precision of the integer kernels (kernels/packed.py): "exact" quantizes activations
+# to three int8 planes per block of 32 (float32-exact products: perplexity, KL-divergence);
+# "fast" to one plane, as llama.cpp's Q8_0 activations (generation, chat, bench).
+PRECISIONS = {"exact": ACTIVATION_PLANES, "fast": 1}
+# The warm-up prompt of Model.prepare: long enough for the kernels' many-token variants.
+PREPARE_TOKENS = PARALLEL_QUANTIZE_TOKENS
 
 
 class Linear:
     """y = W x (+ b) for one weight matrix, choosing the kernel by the number of tokens.
 
     observer(name, x), when set, sees every batch of activations entering the matrix (this is
-    how importance matrices are collected).
+    how importance matrices are collected). planes: the activation precision (PRECISIONS).
     """
 
     def __init__(self, matrix: QuantMatrix, bias: np.ndarray | None = None):
         self.matrix = matrix
         self.bias = bias
         self.observer = None
+        self.planes = ACTIVATION_PLANES
 
     @property
     def name(self) -> str:
@@ -43,7 +54,7 @@ class Linear:
             self.observer(self.name, x)
         m = self.matrix
         if m.integer:
-            y = m.matmul_quantized(qa if qa is not None else m.quantize(x))
+            y = m.matmul_quantized(qa if qa is not None else m.quantize(x, self.planes))
         else:
             y = m.matvec(x[0])[None, :] if x.shape[0] == 1 else m.matmul(x)
         if self.bias is not None:
@@ -54,7 +65,7 @@ class Linear:
 def quantize_for(x: np.ndarray, *linears: Linear):
     """x quantized once for the integer kernels of all these matrices, or None."""
     if all(lin.matrix.integer for lin in linears):
-        return linears[0].matrix.quantize(x)
+        return linears[0].matrix.quantize(x, linears[0].planes)
     return None
 
 
@@ -79,7 +90,7 @@ class LinearGroup:
         for lin in self.linears:
             if lin.observer is not None:
                 lin.observer(lin.name, x)
-        y = self.stacked.matmul_quantized(self.linears[0].matrix.quantize(x))
+        y = self.stacked.matmul_quantized(self.linears[0].matrix.quantize(x, self.linears[0].planes))
         if self.bias is not None:
             y += self.bias
         return y
@@ -130,6 +141,7 @@ class Model:
         self.output = Linear(self._matrix(out_name))
         self.output_norm = self._vector("output_norm.weight")
         self.layers = [self._layer(i) for i in range(cfg.n_layer)]
+        self._precision = "exact"
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -174,6 +186,19 @@ class Model:
             post_ffn_norm=self._vector(p + "post_ffw_norm.weight", optional=self.cfg.arch.post_norms is False),
         )
 
+    @property
+    def precision(self) -> str:
+        """The activation precision of the integer products: "exact" (the default) or "fast"."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, name: str) -> None:
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+        self._precision = name
+        for lin in self.linears(include_output=True):
+            lin.planes = PRECISIONS[name]
+
     def linears(self, include_output: bool = False) -> list[Linear]:
         found = [lin for L in self.layers for lin in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down)]
         return found + [self.output] if include_output else found
@@ -196,6 +221,16 @@ class Model:
             raise ModelError(f"the model has no weight matrix {name}")
         return old
 
+    def prepare(self) -> None:
+        """Do now what the first forward passes would otherwise do on the way: repack every
+        matrix into its kernel layout (stacking q/k/v and gate/up) and load each kernel from
+        numba's disk cache, by running a short prompt and one token on a scratch cache (as
+        llama.cpp's tools warm up with an empty run). Commands call it while loading, so that
+        the time is reported as load time and token rates stay honest."""
+        cache = self.new_cache(PREPARE_TOKENS + 1)
+        self.forward(np.zeros(PREPARE_TOKENS, dtype=np.int64), cache)
+        self.forward(np.zeros(1, dtype=np.int64), cache)
+
     # -- running -----------------------------------------------------------------------------
 
     def new_cache(self, n_ctx: int) -> KVCache:
@@ -214,8 +249,13 @@ class Model:
         """Run `tokens` at positions cache.n_past.. and append them to the cache.
 
         Returns logits (float32) for the tokens from index `logits_from` on (default: the last
-        token only), shape (T - logits_from, n_vocab).
+        token only), shape (T - logits_from, n_vocab). Runs on numba's thread count, less the
+        cores other processes keep busy (runtime/threads.py).
         """
+        with threads_for_forward():
+            return self._forward(tokens, cache, logits_from)
+
+    def _forward(self, tokens, cache: KVCache, logits_from: int | None) -> np.ndarray:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         n_tokens = len(tokens)

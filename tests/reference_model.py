@@ -1,7 +1,10 @@
 """A slow, plain-numpy forward pass: the reference the fast runtime is held against.
 
 Independent of lowbit's runtime on purpose: weights come from gguf-py's reader and dequantize,
-everything runs in float64, one token at a time, with the formulas written out.
+everything runs in float64 with the formulas written out. It goes through the model a layer at a
+time (all tokens through layer 1, then layer 2, ...), each token attending to the ones before it,
+and dequantizes a layer's weights only while that layer runs, so that a real 1.5B model fits in
+memory: the embedding is read a row per token and the output matrix a slice of rows at a time.
 """
 from __future__ import annotations
 
@@ -22,10 +25,8 @@ class ReferenceModel:
                 self.meta[f.name] = bytes(f.parts[f.data[0]]).decode()
             elif f.types[0] != gguf.GGUFValueType.ARRAY:
                 self.meta[f.name] = f.parts[f.data[0]][0].item()
-        self.w = {}
-        for t in r.tensors:
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float64)
+        self.tensors = {t.name: t for t in r.tensors}
+        self.w = _Weights(self.tensors)
         a = self.arch = self.meta["general.architecture"]
         m = self.meta
         self.n_layer = m[f"{a}.block_count"]
@@ -54,19 +55,16 @@ class ReferenceModel:
         return out
 
     def logits(self, tokens):
-        """Logits (float64) after each token of `tokens`, evaluated one at a time."""
+        """Logits (float64) after each token of `tokens`: token i sees tokens 0..i."""
         W = self.w
-        keys = [[] for _ in range(self.n_layer)]
-        vals = [[] for _ in range(self.n_layer)]
-        out = []
-        for pos, tok in enumerate(tokens):
-            x = W["token_embd.weight"][tok].copy()
-            if self.gemma:
-                x *= math.sqrt(self.n_embd)
-            for l in range(self.n_layer):
-                p = f"blk.{l}."
-                sliding = self.gemma and self.window and (l + 1) % 6 != 0
-                base = 10000.0 if sliding else self.base
+        embd = self.w.rows("token_embd.weight", tokens)
+        xs = [embd[i] * (math.sqrt(self.n_embd) if self.gemma else 1.0) for i in range(len(tokens))]
+        for l in range(self.n_layer):
+            p = f"blk.{l}."
+            sliding = self.gemma and self.window and (l + 1) % 6 != 0
+            base = 10000.0 if sliding else self.base
+            keys, vals = [], []
+            for pos, x in enumerate(xs):
                 h = self.norm(x, W[p + "attn_norm.weight"])
                 q = W[p + "attn_q.weight"] @ h + W.get(p + "attn_q.bias", 0)
                 k = W[p + "attn_k.weight"] @ h + W.get(p + "attn_k.bias", 0)
@@ -79,16 +77,16 @@ class ReferenceModel:
                     k = np.stack([self.norm(kh, W[p + "attn_k_norm.weight"]) for kh in k])
                 q = np.stack([self.rope(qh, pos, base) for qh in q])
                 k = np.stack([self.rope(kh, pos, base) for kh in k])
-                keys[l].append(k)
-                vals[l].append(v)
+                keys.append(k)
+                vals.append(v)
                 heads = []
                 for hh in range(self.n_head):
                     g = hh // (self.n_head // self.n_kv)
                     visible = [j for j in range(pos + 1) if not (sliding and pos - j >= self.window)]
-                    s = np.array([q[hh] @ keys[l][j][g] for j in visible]) / math.sqrt(self.hd)
+                    s = np.array([q[hh] @ keys[j][g] for j in visible]) / math.sqrt(self.hd)
                     s = np.exp(s - s.max())
                     s /= s.sum()
-                    heads.append(sum(s[i] * vals[l][j][g] for i, j in enumerate(visible)))
+                    heads.append(sum(s[i] * vals[j][g] for i, j in enumerate(visible)))
                 o = W[p + "attn_output.weight"] @ np.concatenate(heads)
                 if self.gemma:
                     o = self.norm(o, W[p + "post_attention_norm.weight"])
@@ -102,13 +100,57 @@ class ReferenceModel:
                 f = W[p + "ffn_down.weight"] @ (g * (W[p + "ffn_up.weight"] @ h))
                 if self.gemma:
                     f = self.norm(f, W[p + "post_ffw_norm.weight"])
-                x = x + f
-            h = self.norm(x, W["output_norm.weight"])
-            out.append(W.get("output.weight", W["token_embd.weight"]) @ h)
-        return np.array(out)
+                xs[pos] = x + f
+            W.forget(p)
+        hs = np.stack([self.norm(x, W["output_norm.weight"]) for x in xs])
+        out_name = "output.weight" if "output.weight" in W else "token_embd.weight"
+        return W.times_rows(out_name, hs)
 
     def greedy(self, prompt, n):
         tokens = list(prompt)
         for _ in range(n):
             tokens.append(int(np.argmax(self.logits(tokens)[-1])))
         return tokens[len(prompt):]
+
+
+class _Weights:
+    """Tensors by name, dequantized to float64 on first use and kept until forget(prefix)."""
+
+    ROW_SLICE = 8192     # rows of a large matrix dequantized at a time by times_rows
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+        self.done = {}
+
+    def shape(self, name):
+        return tuple(int(d) for d in reversed(self.tensors[name].shape.tolist()))
+
+    def _decode(self, name, rows=None):
+        t = self.tensors[name]
+        data = t.data if rows is None else t.data[rows]
+        shape = self.shape(name) if rows is None else (len(rows),) + self.shape(name)[1:]
+        return gguf.quants.dequantize(data, t.tensor_type).reshape(shape).astype(np.float64)
+
+    def __contains__(self, name):
+        return name in self.tensors
+
+    def __getitem__(self, name):
+        if name not in self.done:
+            self.done[name] = self._decode(name)
+        return self.done[name]
+
+    def get(self, name, default):
+        return self[name] if name in self else default
+
+    def forget(self, prefix):
+        for name in [n for n in self.done if n.startswith(prefix)]:
+            del self.done[name]
+
+    def rows(self, name, indices):
+        return self._decode(name, np.asarray(indices))
+
+    def times_rows(self, name, hs):
+        """hs @ W.T for a matrix W too large to dequantize whole: a slice of rows at a time."""
+        n = self.shape(name)[0]
+        return np.concatenate([hs @ self._decode(name, np.arange(a, min(n, a + self.ROW_SLICE))).T
+                               for a in range(0, n, self.ROW_SLICE)], axis=1)

@@ -16,7 +16,9 @@ def test_generate_streams_and_reports_speed(model_path):
     done = lowbit("generate", model_path, "-p", "the cat", "-n", "8", "--temp", "0")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("the cat")
-    assert "tokens/s" in done.stderr
+    # load time on its own line, before the token rates (which count only the tokens)
+    load, rates = done.stderr.index("[load: "), done.stderr.index("tokens/s")
+    assert load < rates and "fast activations" in done.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -45,7 +47,7 @@ def test_wrong_architecture(tmp_path):
 def test_chat_multi_turn_and_exit(model_path):
     done = lowbit("chat", model_path, "--temp", "0", "-n", "6", stdin="hello there\nand again\n/exit\n")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("tokens/s") == 2
+    assert done.stderr.count("tokens/s") == 2 and done.stderr.count("[load: ") == 1
 
 
 def test_perplexity_json(model_path, tmp_path):

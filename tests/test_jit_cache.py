@@ -30,6 +30,25 @@ def test_compile_options_and_closure_values_are_part_of_the_key():
     assert key(_variant(True, 1)) == key(_variant(True, 1))   # and the key is stable
 
 
+def _helper_variant(half: bool):
+    @numba.njit(inline="always")
+    def scale(x):
+        return x * 2 if half else x
+
+    @cached_kernel()
+    def kernel(x):
+        return scale(x)
+    return kernel
+
+
+def test_the_closure_values_of_inlined_helpers_are_part_of_the_key():
+    # the kernel's own closure holds only the helper; what differs is the helper's constant
+    sig = (numba.int64,)
+    key = lambda k: k._cache._index_key(sig, _Codegen())  # noqa: E731
+    assert key(_helper_variant(True)) != key(_helper_variant(False))
+    assert key(_helper_variant(True)) == key(_helper_variant(True))
+
+
 def test_the_installed_numba_is_one_the_patch_was_tested_with():
     # pyproject.toml caps numba at the same range: a version outside it is untested here
     assert jit_cache.patch_supported(), numba.__version__

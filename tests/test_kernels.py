@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from lowbit.runtime.kernels import KernelError, QuantMatrix
-from lowbit.runtime.kernels.packed import QuantizedActivations
-from lowbit.runtime.kernels.repack import expand_u8, scales_f32, unpacking
+from lowbit.runtime.kernels.layout import GROUP, layout_of
+from lowbit.runtime.kernels.packed import QuantizedActivations, expander
 
 from conftest import ALL_TYPES, QUANTIZED, type_params
 from synthetic import encode_rows
@@ -113,25 +113,48 @@ def test_bad_weight_buffers_are_refused_before_any_kernel_runs(qtype):
 def test_every_k_and_i_quant_runs_the_integer_kernel():
     for t in QUANTIZED:
         if t.family in ("k", "iq1", "iq2", "iq3", "iq4", "legacy", "ternary", "mx"):
-            assert unpacking(t) is not None, t.name
+            assert layout_of(t) is not None, t.name
 
 
 @type_params(QUANTIZED)
-def test_repack_reproduces_the_decoded_weights(qtype, rng):
-    # scale * u - min, from the repacked layout, equals the exact decoder's weights
+def test_repacked_layout_decodes_to_the_exact_weights(qtype, rng):
+    # scale * value - min, decoded from the resident layout by the kernels' own step and scale
+    # decoders, equals the exact decoder's weights bit for bit
     m = matrix_of(qtype, rng, n_rows=19)
-    q, scale, mn = m.packed()
-    spec = m.unpacking
+    q = m.packed()
+    lay = m.layout
     groups = q.shape[0]
-    u8 = expand_u8(q, spec.fmt, spec.sub, m.n_cols)
-    u = u8.reshape(groups, m.n_cols // 4, 16, 4).transpose(0, 2, 1, 3).reshape(groups * 16, m.n_cols)
-    per_sub = lambda a: np.repeat(a.reshape(groups, -1, 16).transpose(0, 2, 1).reshape(groups * 16, -1),
-                                  spec.sub, axis=1)
-    sc = per_sub(scales_f32(scale))
-    mins = per_sub(mn) if spec.affine else sc * np.float32(spec.offset)
+    assert q.nbytes == lay.packed_bytes(m.n_rows, m.n_cols)
+    n_subs = m.n_cols // lay.sub
+    tile = np.zeros((groups, GROUP * m.n_cols), np.uint8)
+    sct = np.zeros((groups, GROUP * n_subs), np.float32)
+    mnt = np.zeros((groups, GROUP * n_subs), np.float32)
+    expander(lay)(q, tile, sct, mnt)
+    u = tile.reshape(groups, m.n_cols // 4, GROUP, 4).transpose(0, 2, 1, 3).reshape(groups * GROUP, m.n_cols)
+    per_sub = lambda a: np.repeat(a.reshape(groups, -1, GROUP).transpose(0, 2, 1).reshape(groups * GROUP, -1),
+                                  lay.sub, axis=1)
+    sc = per_sub(sct)
+    mins = per_sub(mnt) if lay.affine else sc * np.float32(lay.offset)
     w = (sc * u.astype(np.float32) - mins)[:m.n_rows]
-    np.testing.assert_allclose(w, m.dequantize(), rtol=1e-6, atol=0)
-    assert (u[m.n_rows:] == 0).all() and (sc[m.n_rows:] == 0).all()
+    np.testing.assert_array_equal(w, m.dequantize())
+
+
+# Types still held above their file's bits: TQ1_0's base-3 packing is unpacked to whole codes
+# per weight until its in-register decoder exists (strict: an xpass fails, so the list shrinks
+# as they land).
+ABOVE_FILE_SIZE = {"TQ1_0"}
+
+
+@pytest.mark.parametrize("qtype", [
+    pytest.param(t, id=t.name, marks=[pytest.mark.xfail(strict=True, reason="held as whole codes")]
+                 if t.name in ABOVE_FILE_SIZE else []) for t in QUANTIZED])
+def test_resident_weights_are_at_most_110_percent_of_the_file(qtype):
+    # Qwen2.5-1.5B's shapes: whole groups of 16 rows, so no padding counts
+    for n_rows, n_cols in ((1536, 1536), (256, 1536), (8960, 1536), (1536, 8960)):
+        if n_cols % qtype.block_size:
+            continue
+        resident = layout_of(qtype).packed_bytes(n_rows, n_cols)
+        assert resident <= 1.10 * qtype.row_bytes(n_cols) * n_rows, (n_rows, n_cols, resident)
 
 
 @pytest.mark.parametrize("planes", [1, 2, 3])
@@ -188,3 +211,20 @@ def test_quantized_activations_are_checked(rng):
         m.matmul_quantized(qa)
     with pytest.raises(KernelError, match="output must be"):
         m.matmul_quantized(m.quantize(np.zeros((2, 512), np.float32)), np.empty((2, 8), np.float32))
+
+
+def test_table_lookup_generic_equals_native(rng):
+    from numba import njit
+    from lowbit.runtime.kernels.simd import load_bytes64, lookup16, lookup16_generic, store_bytes64
+
+    @njit
+    def both(table, idx, out):
+        store_bytes64(out, 0, lookup16(load_bytes64(table, 0), load_bytes64(idx, 0)))
+        store_bytes64(out, 64, lookup16_generic(load_bytes64(table, 0), load_bytes64(idx, 0)))
+
+    table = np.tile(rng.integers(0, 256, 16).astype(np.uint8), 4)
+    idx = rng.integers(0, 16, 64).astype(np.uint8)
+    out = np.empty(128, np.uint8)
+    both(table, idx, out)
+    np.testing.assert_array_equal(out[:64], table[idx])
+    np.testing.assert_array_equal(out[64:], table[idx])

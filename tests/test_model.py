@@ -139,3 +139,22 @@ def test_sampler_settings():
     assert {s.sample(logits) for _ in range(200)} == {1}
     a = [Sampler(SamplerSettings(temp=1.0, seed=9)).sample(logits) for _ in range(3)]
     assert len(set(a)) == 1  # same seed, same choice
+
+
+@pytest.mark.parametrize("arch, wtype", [("llama", "Q4_K"), ("qwen2", "Q2_K")])
+def test_fast_precision_is_close_and_exact_is_the_default(models, arch, wtype):
+    # "fast": one int8 activation plane per block (llama.cpp's precision); its logits differ
+    # from the reference by the activation rounding (~1e-2 of the logit range on these tiny
+    # random models), not by a decode mistake (order 1); "exact" stays within LOGIT_TOL.
+    path = models(arch, wtype)
+    model = Model.load(path)
+    assert model.precision == "exact"
+    want = ReferenceModel(path).logits(PROMPT)
+    model.precision = "fast"
+    fast = model.forward(PROMPT, model.new_cache(32), logits_from=0)
+    err = np.abs(fast - want).max() / np.abs(want).max()
+    assert 1e-5 < err < 0.1, err
+    model.precision = "exact"
+    assert_logits_close(model.forward(PROMPT, model.new_cache(32), logits_from=0), want)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.precision = "fastest"

@@ -5,7 +5,7 @@ import json
 
 from ..machine import check_threads
 from ..progress import Progress
-from .common import UsageError
+from .common import UsageError, add_precision_args
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
                    help="also time a start-up with an empty numba cache (compiles every kernel)")
     s.add_argument("--no-startup", action="store_true", help="skip the start-up measurements")
     s.add_argument("--blas-threads", default="1", help="threads of numpy's BLAS pool (default 1)")
+    add_precision_args(s, "fast")
     s.add_argument("--json", action="store_true", help="print a JSON list of results instead")
     s.set_defaults(func=run)
 
@@ -60,7 +61,8 @@ def run(args) -> int:
         bar.update(n)
 
     results = speed.bench(paths, threads, prompts, gens, reps, cold=args.cold,
-                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress)
+                          startup_runs=not args.no_startup, blas_threads=blas_threads, progress=progress,
+                          precision=args.precision)
     bar.close()
     print(json.dumps(results, indent=2) if args.json else speed.format_table(results))
     return 0

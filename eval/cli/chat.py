@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from ..loading import load_model
 from ..machine import set_threads
-from .common import sentence
+from ..loading import load_model
+from .common import Stopwatch, add_precision_args, report_load, sentence
 from .generate import add_sampling_args, sampler_from
 
 
@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     s.add_argument("model")
     s.add_argument("-s", "--system", default=None, help="system prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=run)
 
 
@@ -27,7 +28,9 @@ def run(args) -> int:
     from lowbit.runtime.config import ModelError
 
     set_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    watch = Stopwatch()
+    model, tokenizer = load_model(args.model, args.precision)
+    report_load(model, args.precision, watch)
     session = ChatSession(model, tokenizer, args.ctx_size, sampler_from(args), args.system)
     print(f"lowbit chat with {model.gguf.path.name} ({model.cfg.arch_name}); /exit quits, /clear "
           f"starts over, Ctrl-C stops an answer.", file=sys.stderr)

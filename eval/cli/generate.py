@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from ..loading import load_model
 from ..machine import set_threads
-from .common import UsageError
+from ..loading import load_model
+from .common import PRECISION_NOTE, Stopwatch, UsageError, add_precision_args, report_load
 
 
 def add_sampling_args(s) -> None:
@@ -35,17 +35,21 @@ def add_parser(sub) -> None:
     s.add_argument("--special", action="store_true", help="parse special tokens in the prompt")
     s.add_argument("--no-echo", action="store_true", help="do not print the prompt")
     add_sampling_args(s)
+    add_precision_args(s, "fast")
     s.set_defaults(func=run, n_predict=128)
 
 
 def run(args) -> int:
-    from lowbit.runtime.generate import GenerationStats, TextStream, generate_tokens
+    from lowbit.runtime.generate import GenerationStats, TextStream, check_prompt, generate_tokens
 
     set_threads(args.threads)
     if not args.prompt:
         raise UsageError("the prompt is empty: give one with -p")
-    model, tokenizer = load_model(args.model)
+    watch = Stopwatch()
+    model, tokenizer = load_model(args.model, args.precision)
     ids = tokenizer.encode(args.prompt, add_special=True, parse_special=args.special)
+    check_prompt(0, len(ids), args.ctx_size)
+    report_load(model, args.precision, watch)
     cache = model.new_cache(args.ctx_size)
     stats = GenerationStats()
     stream = TextStream(tokenizer)
@@ -57,5 +61,5 @@ def run(args) -> int:
     except KeyboardInterrupt:
         stats.stopped_by = "interrupted"
     print(stream.flush())
-    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}]", file=sys.stderr)
+    print(f"\n[{stats.summary()}; stopped: {stats.stopped_by}; {PRECISION_NOTE[args.precision]}]", file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..loading import load_model, read_text
 from ..machine import set_threads
 from ..progress import Progress
-from .common import UsageError
+from .common import PRECISION_NOTE, UsageError, add_precision_args
 
 
 def add_parser(sub) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
                         "with it: the base to compare against")
     s.add_argument("--kl-divergence", action="store_true",
                    help="report the KL-divergence from the base distributions in --kl-divergence-base")
+    add_precision_args(s, "exact")
     s.set_defaults(func=run)
 
 
@@ -35,7 +36,7 @@ def run(args) -> int:
     if args.kl_divergence and not args.kl_divergence_base:
         raise UsageError("--kl-divergence needs --kl-divergence-base FILE (made by a run without --kl-divergence)")
     text = read_text(args.file)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.precision)
     bar = Progress("perplexity", unit="chunks", disable=args.json)
 
     def progress(i, n, ppl):
@@ -55,7 +56,8 @@ def run(args) -> int:
     bar.close()
     report = {"model": str(model.gguf.path), "file": args.file, "n_ctx": res.n_ctx,
               "chunks": res.n_chunks, "scored_tokens": res.n_scored, "ppl": res.ppl,
-              "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds}
+              "ppl_error": res.ppl_error, "running": res.running, "seconds": res.seconds,
+              "precision": args.precision}
     if kld is not None:
         report["kld"] = kld
     if args.json:
@@ -67,6 +69,6 @@ def run(args) -> int:
         print(KLDStats.format(kld))
     elif args.kl_divergence_base:
         print(f"wrote the base distributions to {args.kl_divergence_base}")
-    print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s)",
-          file=sys.stderr)
+    print(f"({res.n_chunks} chunks of {res.n_ctx}, {res.n_scored} scored tokens, {res.seconds:.1f} s, "
+          f"{PRECISION_NOTE[args.precision]})", file=sys.stderr)
     return 0

@@ -15,7 +15,8 @@ from numba import njit
 from ..bits import f16, f16_bits_to_f32, u16
 from ..encode_helpers import f32_to_f16_bits, put_f16, put_u16, round_to_f16
 from ..tables import IQ1_DELTA, IQ1S_GRID
-from ..types import register
+from ..types import Packing, register
+from .grid_codes import put_code, put_d, put_entry
 
 
 @njit(inline="always")
@@ -32,13 +33,19 @@ def iq1s_scale(w, o, ib):
 
 
 @njit(inline="always")
-def iq1m_d(w, o):
-    """IQ1_M's block scale: a float16 spread over the top nibbles of the four scale words."""
+def iq1m_d_bits(w, o):
+    """The bits of IQ1_M's block scale, a float16 spread over the top nibbles of the four scale words."""
     sc0 = u16(w, o + 48)
     sc1 = u16(w, o + 50)
     sc2 = u16(w, o + 52)
     sc3 = u16(w, o + 54)
-    return f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+    return (sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000)
+
+
+@njit(inline="always")
+def iq1m_d(w, o):
+    """IQ1_M's block scale."""
+    return f16_bits_to_f32(iq1m_d_bits(w, o))
 
 
 @njit(inline="always")
@@ -457,5 +464,33 @@ def encode_iq1_m(x, imp, out):
             put_u16(out, o + 48 + 2 * j, word)
 
 
-IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s)
-IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (grid_codes.py says what they yield): index bits 8-10 from
+# qh, bit 11 the sign of the delta (set: -delta), as the kernels' table is laid out
+
+@njit(inline="always")
+def unpack_iq1_s(w, o, u, rec, y):
+    put_d(rec, w, o)
+    for ib in range(8):
+        qh = u16(w, o + 34 + 2 * ib)
+        put_code(rec, ib, (qh >> 12) & 7)
+        for l in range(4):
+            index = w[o + 2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8) | ((qh >> 15) << 11)
+            put_entry(u, 32 * ib + 8 * l, 8, index, 0)
+
+
+@njit(inline="always")
+def unpack_iq1_m(w, o, u, rec, y):
+    # the 4 bits of qh per 8 weights are index bits 8-10 and the delta's sign, as the table wants
+    for i in range(32):
+        put_entry(u, 8 * i, 8, w[o + i] | (((w[o + 32 + i // 2] >> (4 * (i % 2))) & 15) << 8), 0)
+    for j in range(16):
+        put_code(rec, j, (u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7)
+    d = iq1m_d_bits(w, o)
+    rec[0] = d & 255
+    rec[1] = d >> 8
+
+
+# u: the index bits of grid_codes.py (no signs); scale codes in nibbles, u in units of d (2c + 1) / 8
+IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s, Packing("iq1_s", "f16_nib_quarter", 32, 16, unpack_iq1_s))
+IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m, Packing("iq1_m", "f16_nib_quarter", 16, 16, unpack_iq1_m))

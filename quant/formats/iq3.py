@@ -27,7 +27,8 @@ from numba import njit
 from ..bits import f16, packed_nibble, u32
 from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
-from ..types import register
+from ..types import Packing, register
+from .grid_codes import put_code, put_d, put_entry
 
 
 @njit(inline="always")
@@ -344,5 +345,31 @@ def encode_iq3_s(x, imp, out):
             out[o + 106 + i] = mult[2 * i] | (mult[2 * i + 1] << 4)
 
 
-IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs)
-IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (grid_codes.py says what they yield)
+
+@njit(inline="always")
+def unpack_iq3_xxs(w, o, u, rec, y):
+    put_d(rec, w, o)
+    for ib in range(8):
+        aux = u32(w, o + 66 + 4 * ib)
+        put_code(rec, ib, aux >> 28)
+        for l in range(4):
+            signs = KSIGNS[(aux >> (7 * l)) & 127]
+            for h in range(2):
+                put_entry(u, 32 * ib + 8 * l + 4 * h, 4, w[o + 2 + 8 * ib + 2 * l + h], signs >> (4 * h))
+
+
+@njit(inline="always")
+def unpack_iq3_s(w, o, u, rec, y):
+    put_d(rec, w, o)
+    for i in range(64):
+        index = w[o + 2 + i] | (((w[o + 66 + i // 8] >> (i % 8)) & 1) << 8)
+        put_entry(u, 4 * i, 4, index, w[o + 74 + i // 2] >> (4 * (i % 2)))
+    for j in range(8):
+        put_code(rec, j, packed_nibble(w, o + 106, j))
+
+
+# u: the sign and index bits of grid_codes.py; scale codes in nibbles
+IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs, Packing("iq3_xxs", "f16_nib_half", 32, 64, unpack_iq3_xxs))
+IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s, Packing("iq3_s", "f16_nib_odd", 32, 16, unpack_iq3_s))

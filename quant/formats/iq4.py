@@ -12,7 +12,8 @@ from numba import njit
 from ..bits import f16, packed_nibble, u16
 from ..encode_helpers import put_f16, put_u16, round_to_f16
 from ..tables import IQ4NL_VALUES
-from ..types import register
+from ..types import Packing, register
+from .unpacking import copy_f16, nibbles32
 from .fits import block_weights, clamp_round, super_scale
 
 
@@ -245,5 +246,27 @@ def encode_iq4_xs(x, imp, out):
         put_u16(out, o + 2, scales_h)
 
 
-IQ4_NL = register("IQ4_NL", "iq4", decode_iq4_nl, encode_iq4_nl)
-IQ4_XS = register("IQ4_XS", "iq4", decode_iq4_xs, encode_iq4_xs)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py): u is the 4-bit index itself,
+# looked up in the kernel (value = T[u] + 128, a 16-byte table in a register).
+
+@njit(inline="always")
+def unpack_iq4_nl(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    nibbles32(w, o + 2, u)
+
+
+@njit(inline="always")
+def unpack_iq4_xs(w, o, u, rec, y):
+    # rec: d | 8 signed scale codes
+    copy_f16(rec, 0, w, o)
+    for ib in range(8):
+        rec[2 + ib] = np.uint8(iq4xs_scale(w, o, ib) & 0xFF)
+        nibbles32(w, o + 8 + 16 * ib, u[32 * ib:])
+
+
+IQ4_TABLE = tuple(int(v) + 128 for v in IQ4NL_VALUES)   # 1 .. 241
+IQ4_NL = register("IQ4_NL", "iq4", decode_iq4_nl, encode_iq4_nl,
+                  Packing("lut4", "f16", 32, 128, unpack_iq4_nl, IQ4_TABLE))
+IQ4_XS = register("IQ4_XS", "iq4", decode_iq4_xs, encode_iq4_xs,
+                  Packing("lut4", "f16_i8", 32, 128, unpack_iq4_xs, IQ4_TABLE))

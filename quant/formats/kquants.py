@@ -20,7 +20,8 @@ from numba import njit
 
 from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
-from ..types import register
+from ..types import Packing, register
+from .unpacking import copy_f16
 from .fits import affine_error, block_weights, clamp_round, fit_affine, fit_signed, signed_error, super_scale
 
 
@@ -451,8 +452,70 @@ def encode_q6_k(x, imp, out):
         put_f16(out, o + 208, d)
 
 
-Q2_K = register("Q2_K", "k", decode_q2_k, encode_q2_k)
-Q3_K = register("Q3_K", "k", decode_q3_k, encode_q3_k)
-Q4_K = register("Q4_K", "k", decode_q4_k, encode_q4_k)
-Q5_K = register("Q5_K", "k", decode_q5_k, encode_q5_k)
-Q6_K = register("Q6_K", "k", decode_q6_k, encode_q6_k)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py): the codes u per weight and the
+# scale fields: f16 d (and dmin) as in the file, one byte per sub-block scale (and min) code.
+
+@njit(inline="always")
+def unpack_q2_k(w, o, u, rec, y):
+    # rec: d | dmin | the 16 scale bytes as stored (scale code low nibble, min code high)
+    copy_f16(rec, 0, w, o + 80)
+    copy_f16(rec, 2, w, o + 82)
+    for s in range(16):
+        rec[4 + s] = w[o + s]
+    for i in range(256):
+        u[i] = crumb(w, o + 16, i)
+
+
+@njit(inline="always")
+def unpack_q3_k(w, o, u, rec, y):
+    # rec: d | 16 signed scale codes; u = q + 4 = low2 + 4 * hbit
+    copy_f16(rec, 0, w, o + 108)
+    for s in range(16):
+        rec[2 + s] = np.uint8(q3k_scale(w, o + 96, s) & 0xFF)
+    for i in range(256):
+        u[i] = crumb(w, o + 32, i) + 4 * high_bit(w, o, i)
+
+
+@njit(inline="always")
+def _q45_k_fields(w, o, rec):
+    # rec: d | dmin | 8 scale codes | 8 min codes
+    copy_f16(rec, 0, w, o)
+    copy_f16(rec, 2, w, o + 2)
+    for s in range(8):
+        a, m = scale_min_k4(w, o + 4, s)
+        rec[4 + s] = a
+        rec[12 + s] = m
+
+
+@njit(inline="always")
+def unpack_q4_k(w, o, u, rec, y):
+    _q45_k_fields(w, o, rec)
+    for i in range(256):
+        u[i] = nibble(w, o + 16, i)
+
+
+@njit(inline="always")
+def unpack_q5_k(w, o, u, rec, y):
+    _q45_k_fields(w, o, rec)
+    for i in range(256):
+        u[i] = nibble(w, o + 48, i) | (high_bit(w, o + 16, i) << 4)
+
+
+@njit(inline="always")
+def unpack_q6_k(w, o, u, rec, y):
+    # rec: d | 16 signed scale codes (as stored); u = q + 32
+    copy_f16(rec, 0, w, o + 208)
+    for s in range(16):
+        rec[2 + s] = w[o + 192 + s]
+    for i in range(256):
+        half, r = divmod(i, 128)
+        lo = (w[o + half * 64 + r % 64] >> (4 * (r // 64))) & 15
+        u[i] = lo | (crumb(w, o + 128, i) << 4)
+
+
+Q2_K = register("Q2_K", "k", decode_q2_k, encode_q2_k, Packing("crumb2", "f16_nib_min", 16, -1, unpack_q2_k))
+Q3_K = register("Q3_K", "k", decode_q3_k, encode_q3_k, Packing("crumb3", "f16_i8", 16, 4, unpack_q3_k))
+Q4_K = register("Q4_K", "k", decode_q4_k, encode_q4_k, Packing("nib4", "f16_u8_min", 32, -1, unpack_q4_k))
+Q5_K = register("Q5_K", "k", decode_q5_k, encode_q5_k, Packing("nib5", "f16_u8_min", 32, -1, unpack_q5_k))
+Q6_K = register("Q6_K", "k", decode_q6_k, encode_q6_k, Packing("nib6", "f16_i8", 16, 32, unpack_q6_k))

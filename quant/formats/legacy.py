@@ -13,7 +13,8 @@ from numba import njit
 
 from ..bits import f16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u32, round_to_f16
-from ..types import register
+from ..types import Packing, register
+from .unpacking import copy_f16, negated_f16, nibbles32
 from .fits import affine_error, affine_lsq, block_weights, fit_affine, fit_signed, signed_error
 
 
@@ -212,8 +213,54 @@ def encode_q5_1(x, imp, out):
     _encode_legacy(x, imp, out, 5, True)
 
 
-Q4_0 = register("Q4_0", "legacy", decode_q4_0, encode_q4_0)
-Q4_1 = register("Q4_1", "legacy", decode_q4_1, encode_q4_1)
-Q5_0 = register("Q5_0", "legacy", decode_q5_0, encode_q5_0)
-Q5_1 = register("Q5_1", "legacy", decode_q5_1, encode_q5_1)
-Q8_0 = register("Q8_0", "legacy", decode_q8_0, encode_q8_0)
+# ---------------------------------------------------------------------------------------------
+# Unpackers for the integer kernels (Packing in quant/types.py): u = q + OFF for the symmetric
+# types, u = q for the affine ones (w = d * u - min, min = -m), the f16 fields as in the file.
+
+@njit(inline="always")
+def _fifth_bits(w, at, u):
+    qh = u32(w, at)
+    for j in range(32):
+        u[j] |= ((qh >> j) & 1) << 4
+
+
+@njit(inline="always")
+def unpack_q4_0(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    nibbles32(w, o + 2, u)
+
+
+@njit(inline="always")
+def unpack_q4_1(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    negated_f16(rec, 2, w, o + 2)
+    nibbles32(w, o + 4, u)
+
+
+@njit(inline="always")
+def unpack_q5_0(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    nibbles32(w, o + 6, u)
+    _fifth_bits(w, o + 2, u)
+
+
+@njit(inline="always")
+def unpack_q5_1(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    negated_f16(rec, 2, w, o + 2)
+    nibbles32(w, o + 8, u)
+    _fifth_bits(w, o + 4, u)
+
+
+@njit(inline="always")
+def unpack_q8_0(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o)
+    for j in range(32):
+        u[j] = w[o + 2 + j] ^ 128   # int8 q + 128
+
+
+Q4_0 = register("Q4_0", "legacy", decode_q4_0, encode_q4_0, Packing("nib4", "f16", 32, 8, unpack_q4_0))
+Q4_1 = register("Q4_1", "legacy", decode_q4_1, encode_q4_1, Packing("nib4", "f16_min", 32, -1, unpack_q4_1))
+Q5_0 = register("Q5_0", "legacy", decode_q5_0, encode_q5_0, Packing("nib5", "f16", 32, 16, unpack_q5_0))
+Q5_1 = register("Q5_1", "legacy", decode_q5_1, encode_q5_1, Packing("nib5", "f16_min", 32, -1, unpack_q5_1))
+Q8_0 = register("Q8_0", "legacy", decode_q8_0, encode_q8_0, Packing("u8", "f16", 32, 128, unpack_q8_0))

@@ -9,7 +9,8 @@ from numba import njit
 
 from ..bits import u32_bits_to_f32
 from ..tables import MXFP4_VALUES
-from ..types import register
+from ..types import Packing, register
+from .unpacking import nibbles32
 
 
 @njit(inline="always")
@@ -27,4 +28,12 @@ def decode_mxfp4(w, o, y):
         y[j + 16] = d * MXFP4_VALUES[b >> 4]
 
 
-MXFP4 = register("MXFP4", "mx", decode_mxfp4)
+@njit(inline="always")
+def unpack_mxfp4(w, o, u, rec, y):
+    # rec: the exponent byte; u the 4-bit index (value = T[u] + 12, looked up in the kernel)
+    rec[0] = w[o]
+    nibbles32(w, o + 1, u)
+
+
+MXFP4 = register("MXFP4", "mx", decode_mxfp4, None,
+                 Packing("lut4", "e8m0", 32, 12, unpack_mxfp4, tuple(int(v) + 12 for v in MXFP4_VALUES)))

@@ -13,7 +13,8 @@ from numba import njit
 
 from ..bits import f16
 from .kquants import crumb
-from ..types import register
+from ..types import Packing, register
+from .unpacking import copy_f16
 
 
 @njit(inline="always")
@@ -41,5 +42,28 @@ def decode_tq2_0(w, o, y):
         y[i] = d * np.float32(crumb(w, o, i) - 1)
 
 
-TQ1_0 = register("TQ1_0", "ternary", decode_tq1_0)
-TQ2_0 = register("TQ2_0", "ternary", decode_tq2_0)
+# Unpackers for the integer kernels: u = q + 1 in 0..2, d as in the file. TQ1_0's five trits per
+# byte become 2-bit crumbs (2.06 bits per weight against the file's 1.69).
+
+@njit(inline="always")
+def unpack_tq1_0(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o + 52)
+    for n in range(5):
+        for j in range(32):
+            u[n * 32 + j] = trit(w[o + j], n) + 1
+        for j in range(16):
+            u[160 + n * 16 + j] = trit(w[o + 32 + j], n) + 1
+    for n in range(4):
+        for j in range(4):
+            u[240 + n * 4 + j] = trit(w[o + 48 + j], n) + 1
+
+
+@njit(inline="always")
+def unpack_tq2_0(w, o, u, rec, y):
+    copy_f16(rec, 0, w, o + 64)
+    for i in range(256):
+        u[i] = crumb(w, o, i)
+
+
+TQ1_0 = register("TQ1_0", "ternary", decode_tq1_0, None, Packing("crumb2", "f16", 32, 1, unpack_tq1_0))
+TQ2_0 = register("TQ2_0", "ternary", decode_tq2_0, None, Packing("crumb2", "f16", 32, 1, unpack_tq2_0))

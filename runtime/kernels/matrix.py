@@ -13,9 +13,11 @@ from lowbit.quant.decode import dequantize
 from lowbit.quant.tensor_bytes import as_block_rows
 from lowbit.quant.types import QuantType
 
+from . import floats
 from .fused import matmul_kernel, matvec_kernel
+from .layout import GROUP, layout_of
 from .packed import ACTIVATION_PLANES, QuantizedActivations, packed_kernel
-from .repack import GROUP, repack, unpacking
+from .repack import repack
 
 
 class KernelError(ValueError):
@@ -52,8 +54,10 @@ class QuantMatrix:
         self.rows = as_block_rows(raw, qtype, n_rows, n_cols)
         self._chunk = qtype.decode_chunk(n_cols)
         # Quantized types run the integer kernels over a repacked copy (built on first use);
-        # the float types keep the generic decode-and-dot kernels.
-        self.unpacking = unpacking(qtype)
+        # the float types (rows of 16 or more) the float kernels over the file's bytes in place.
+        self.layout = layout_of(qtype)
+        self._float = floats.weight_format(qtype) if n_cols >= floats.MIN_COLS else None
+        self._weights = floats.weight_view(self.rows, self._float) if self._float is not None else None
         self._packed = None
         self._offsets = None
         self._calls = {}
@@ -72,10 +76,10 @@ class QuantMatrix:
     @property
     def integer(self) -> bool:
         """True if products run on int8 activations (every quantized type; not the float ones)."""
-        return self.unpacking is not None
+        return self.layout is not None
 
-    def packed(self):
-        """The repacked weights (q, scale, min), built on first use (repack.py: the layout).
+    def packed(self) -> np.ndarray:
+        """The repacked weights, built on first use (layout.py: the layout).
 
         When the GGUF bytes are a memory-mapped file, their pages are released from this
         process's resident set once repacked (they stay in the page cache, and come back on
@@ -87,20 +91,19 @@ class QuantMatrix:
     def offsets(self) -> np.ndarray:
         """Per row (padded to whole groups), the symmetric offset OFF as float32 (0 if affine)."""
         if self._offsets is None:
-            groups = self.packed()[0].shape[0]
-            self._offsets = np.full(groups * GROUP, max(self.unpacking.offset, 0), np.float32)
+            groups = self.packed().shape[0]
+            self._offsets = np.full(groups * GROUP, max(self.layout.offset, 0), np.float32)
         return self._offsets
 
     @property
     def packed_bytes(self) -> int:
-        return sum(a.nbytes for a in self._packed) if self._packed is not None else 0
+        """Bytes of the repacked weights (0 until built)."""
+        return self._packed.nbytes if self._packed is not None else 0
 
     @property
-    def kernel_key(self) -> tuple[int, int, bool, bool]:
-        """(weight format, sub-block, affine, float16 scales): matrices with equal keys can
-        share a kernel call."""
-        u = self.unpacking
-        return u.fmt, u.sub, u.affine, u.half
+    def kernel_key(self) -> tuple:
+        """Matrices with equal keys can share a kernel call (layout.py)."""
+        return self.layout.kernel_key
 
     def quantize(self, xs: np.ndarray, planes: int = ACTIVATION_PLANES) -> QuantizedActivations:
         """Activations (T, n_cols) quantized for this matrix's integer kernel."""
@@ -113,6 +116,9 @@ class QuantMatrix:
             out = np.empty(self.n_rows, dtype=np.float32)
         if self.integer:
             return self.matmul_quantized(QuantizedActivations(x[None, :]), out.reshape(1, -1)).reshape(-1)
+        if self._float is not None:
+            floats.matvec(self._weights, self._float, x, out)
+            return out
         matvec_kernel(self.qtype)(self.rows, x, self._chunk, out)
         return out
 
@@ -123,6 +129,9 @@ class QuantMatrix:
             out = np.empty((xs.shape[0], self.n_rows), dtype=np.float32)
         if self.integer:
             return self.matmul_quantized(QuantizedActivations(xs), out)
+        if self._float is not None:
+            floats.matmul(self._weights, self._float, xs, out)
+            return out
         matmul_kernel(self.qtype)(self.rows, xs, self._chunk, out)
         return out
 
@@ -138,17 +147,16 @@ class QuantMatrix:
         elif out.shape != (qa.n_tokens, self.n_rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise KernelError(f"{self.name}: output must be a contiguous float32 array of shape "
                               f"({qa.n_tokens}, {self.n_rows})")
-        kernel, q, scale, mn, offsets = self._bound(qa.planes)
-        kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
+        kernel, q, offsets = self._bound(qa.planes)
+        kernel(q, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out
 
     def _bound(self, planes: int):
-        """(kernel, q, scale, min, offsets) for P planes, looked up once (a generated token makes
-        a few hundred products: the Python around each call counts)."""
+        """(kernel, q, offsets) for P planes, looked up once (a generated token makes a few
+        hundred products: the Python around each call counts)."""
         bound = self._calls.get(planes)
         if bound is None:
-            q, scale, mn = self.packed()
-            bound = self._calls[planes] = (packed_kernel(*self.kernel_key, planes), q, scale, mn, self.offsets())
+            bound = self._calls[planes] = (packed_kernel(self.kernel_key, planes), self.packed(), self.offsets())
         return bound
 
     def dequantize(self) -> np.ndarray:
@@ -182,18 +190,16 @@ class StackedMatrix:
                    and m.n_rows % GROUP == 0 for m in matrices)
 
     def _stack(self):
-        parts = [m.packed() for m in self.matrices]
-        offs = [m.offsets() for m in self.matrices]
-        q, scale, mn = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        offsets = np.concatenate(offs)
+        q = np.concatenate([m.packed() for m in self.matrices])
+        offsets = np.concatenate([m.offsets() for m in self.matrices])
         g = 0
         for m in self.matrices:
             n = m.n_rows // GROUP
-            m._packed = (q[g:g + n], scale[g:g + n], mn[g:g + n])
+            m._packed = q[g:g + n]
             m._offsets = offsets[g * GROUP:(g + n) * GROUP]
             m._calls = {}
             g += n
-        self._arrays = (q, scale, mn, offsets)
+        self._arrays = (q, offsets)
 
     def matmul_quantized(self, qa: QuantizedActivations) -> np.ndarray:
         """(T, n_rows): the matrices' outputs side by side."""
@@ -202,10 +208,10 @@ class StackedMatrix:
                               f"got (T, {qa.n_cols})")
         if self._arrays is None:
             self._stack()
-        q, scale, mn, offsets = self._arrays
+        q, offsets = self._arrays
         kernel = self._kernels.get(qa.planes)
         if kernel is None:
-            kernel = self._kernels[qa.planes] = packed_kernel(*self.matrices[0].kernel_key, qa.planes)
+            kernel = self._kernels[qa.planes] = packed_kernel(self.matrices[0].kernel_key, qa.planes)
         out = np.empty((qa.n_tokens, self.n_rows), dtype=np.float32)
-        kernel(q, scale, mn, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
+        kernel(q, offsets, qa.qx, qa.dx, qa.isum, qa.n_tokens, self.n_rows, out.reshape(-1))
         return out

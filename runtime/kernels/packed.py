@@ -12,7 +12,8 @@ rounding of float32 itself). The default is 3 (ACTIVATION_PLANES): the forward p
 agrees with a float64 reference to ~1e-6 of the logit range, where one plane gives ~2e-2 on
 the synthetic test models. Each plane costs one more vpdpbusd per 64 weight bytes loaded.
 
-A weight sub-block is w = scale * u - min (repack.py), so for one row and sub-block
+A weight sub-block is w = scale * u - min (layout.py; u the decoded value bytes), so for one
+row and sub-block
 
     sum_k w_k x~_k = scale * dx * (I1 + I23 / 254^2)  -  min * dx * (S1 + S23 / 254^2)
 
@@ -25,10 +26,12 @@ of different symmetric types can be stacked into one product (StackedMatrix). Al
 So the kernels compute decode(W) @ x~ up to float32 rounding in the per-sub-block products
 (tests/test_kernels.py holds both that and the bound against x).
 
-Parallel over groups of 16 output rows (prange; each task writes only its rows). A task walks
-the tokens 4 at a time: the 64 bytes of weights loaded for 4 columns serve 4 tokens (x P planes)
-before the next load, and the group's weights (16 x n_cols bytes) stay in L1/L2 while the tokens
-stream past.
+Parallel over groups of 16 output rows (prange; each task writes only its rows). With 4 or more
+tokens a task first decodes its group (every layout's step and scale decoders) into a tile of
+value bytes (16 x n_cols) and float32 scales, then walks the tokens 4 at a time: the 64 bytes
+loaded for 4 columns serve 4 tokens (x P planes) before the next load, and the tile stays in
+L1/L2 while the tokens stream past. With fewer tokens (generation) the steps are decoded in
+registers straight from the resident layout, which is all the memory traffic there is.
 """
 from __future__ import annotations
 
@@ -39,15 +42,14 @@ from numba import njit, prange
 
 from lowbit.quant.jit_cache import cached_kernel
 
-from .repack import NIB5, NIB6, U8, sub_bytes
-from .simd import and_i32x16, load_f16x16, or_i32x16, shift_i32x16, store_bytes64
+from .layout import GROUP, Layout
+from .simd import store_bytes64
 from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_bytes64, load_f32x16,
                    max_abs2_f32x16, max_f32x16, min_f32x16, mul_f32x16, reduce_add_i32x16,
-                   rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, splat_i32, store_f32x16, store_i8x16,
+                   rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, store_f32x16, store_i8x16,
                    sub_f32x16, sub_i32x16, to_f32x16, to_i32x16, zeros_f32x16, zeros_i32x16)
 
 QBLOCK = 32      # activation quantization block
-GROUP = 16       # weight rows per vector
 STEP = 254       # ratio of consecutive plane steps
 ACTIVATION_PLANES = 3
 
@@ -139,34 +141,21 @@ class QuantizedActivations:
 
 
 @lru_cache(maxsize=None)
-def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
-    """out (T, N) = W x for the repacked W (weight format fmt, sub-block `sub`, affine or
-    symmetric, float16 or float32 scales), P activation planes."""
-    steps = sub // 4
-    sbytes = sub_bytes(fmt, sub)
-    high_at = steps // 2 * 64       # where a sub-block's high-bit vector starts (NIB5, NIB6)
-
-    @njit(inline="always")
-    def scales(sg, at):
-        return load_f16x16(sg, at) if half else load_f32x16(sg, at)
-
-    @njit(inline="always")
-    def high_bits(qg, base):
-        return load_bytes64(qg, base + high_at) if fmt >= NIB5 else zeros_i32x16()
-
-    @njit(inline="always")
-    def step_weights(qg, base, s, hb):
-        """The 64 weight bytes (16 rows x 4 columns) of step s of the sub-block at `base`."""
-        if fmt == U8:
-            return load_bytes64(qg, base + s * 64)
-        nv = load_bytes64(qg, base + (s >> 1) * 64)
-        w = and_i32x16(shift_i32x16(nv, -4 * (s & 1)), splat_i32(0x0F0F0F0F))
-        if fmt == NIB5:
-            # bit s of each byte of hb -> bit 4 (the shift never crosses a byte boundary there)
-            w = or_i32x16(w, and_i32x16(shift_i32x16(hb, 4 - s), splat_i32(0x10101010)))
-        elif fmt == NIB6:
-            w = or_i32x16(w, and_i32x16(shift_i32x16(hb, 4 - 2 * s), splat_i32(0x30303030)))
-        return w
+def packed_kernel(key: tuple, planes: int):
+    """out (T, N) = W x for W in a layout with this kernel_key (layout.py), P activation planes:
+    kernel(q, offsets, qx, dx, isum, n_tokens, n_rows, out)."""
+    layout = Layout(*key[:4], offset=-1 if key[4] else 0)
+    step_pair = layout.weights.pairs
+    scale_of = layout.scales.scale
+    min_of = layout.scales.minimum
+    affine = layout.affine
+    sub = layout.sub
+    block = layout.block
+    nsteps = layout.nsteps        # steps per block
+    steps = sub // 4              # steps per sub-block
+    n_sub = layout.n_sub          # sub-blocks per block
+    weight_bytes = layout.weight_bytes
+    block_bytes = layout.block_bytes
     halves = sub // 16          # isum entries (per 16 columns) per sub-block
     lo = 1.0 / STEP ** 2        # weight of the finer planes' integer sums
 
@@ -199,14 +188,21 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
         return acc
 
     @njit(inline="always")
-    def expand(qg, n_sub, tile):
-        """A group's packed weights -> tile in the U8 layout (16 x n_cols bytes), so that the
-        token loop reads plain bytes and the unpacking is paid once per group, not per token."""
-        for b in range(n_sub):
-            base = b * sbytes
-            hb = high_bits(qg, base)
-            for s in range(steps):
-                store_bytes64(tile, (b * steps + s) * 64, step_weights(qg, base, s, hb))
+    def expand(qg, n_blk, tile, sct, mnt):
+        """A group's resident layout -> value bytes (16 x n_cols, step after step) and float32
+        scales and mins (16 per sub-block), so that the token loop reads plain bytes and the
+        decoding is paid once per group, not per token."""
+        for blk in range(n_blk):
+            base = blk * block_bytes
+            for s in range(0, nsteps, 2):
+                wa, wb = step_pair(qg, base, nsteps, s)
+                store_bytes64(tile, (blk * nsteps + s) * 64, wa)
+                store_bytes64(tile, (blk * nsteps + s + 1) * 64, wb)
+            for j in range(n_sub):
+                at = (blk * n_sub + j) * GROUP
+                store_f32x16(sct, at, scale_of(qg, base + weight_bytes, n_sub, j))
+                if affine:
+                    store_f32x16(mnt, at, min_of(qg, base + weight_bytes, n_sub, j))
 
     @njit(inline="always")
     def put(out, t, g, n_rows, acc):
@@ -220,19 +216,20 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
                 out[t * n_rows + r0 + i] = buf[i]
 
     @cached_kernel(parallel=True, fastmath=True)
-    def kernel(q, scale, mn, offsets, qx, dx, isum, n_tokens, n_rows, out):
-        n_sub = q.shape[1] // sbytes
-        n_cols = n_sub * sub
+    def kernel(q, offsets, qx, dx, isum, n_tokens, n_rows, out):
+        n_blk = q.shape[1] // block_bytes
+        n_cols = n_blk * block
+        n_subs = n_blk * n_sub          # sub-blocks per row
         # Per (token, sub-block) scalars, shared by every row group: the activation scale, the
         # activation sums (for the symmetric types' offsets), the affine types' -d * sum(x~).
-        n_tb = n_tokens * n_sub
+        n_tb = n_tokens * n_subs
         dsc = np.empty(n_tb, np.float32)
         s1f = np.empty(n_tb, np.float32)
         s23f = np.empty(n_tb, np.float32)
         xm = np.empty(n_tb, np.float32)
         for t in range(n_tokens):
-            for b in range(n_sub):
-                tb = t * n_sub + b
+            for b in range(n_subs):
+                tb = t * n_subs + b
                 at = t * (n_cols // 16) + b * halves
                 s1 = isum[0, at]
                 s23 = isum[1, at]
@@ -250,16 +247,17 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
         p3 = qx[min(2, planes - 1)]
         for g in prange(q.shape[0]):
             qg = q[g]
-            sg = scale[g]
-            mg = mn[g]
             offv = load_f32x16(offsets, g * GROUP)
-            # the token loop below reads U8 bytes: the packed group itself, or its expansion
-            if fmt == U8 or n_tokens < 4:
-                tile = qg
-            else:
-                tile = np.empty(n_cols * GROUP, np.uint8)
-                expand(qg, n_sub, tile)
             t = 0
+            if n_tokens >= 4:
+                tile = np.empty(n_cols * GROUP, np.uint8)
+                sct = np.empty(n_subs * GROUP, np.float32)
+                mnt = np.empty(n_subs * GROUP if affine else 0, np.float32)
+                expand(qg, n_blk, tile, sct, mnt)
+            else:
+                tile = qg
+                sct = np.empty(0, np.float32)
+                mnt = sct
             while t + 4 <= n_tokens:
                 a0 = zeros_f32x16()
                 a1 = zeros_f32x16()
@@ -269,7 +267,7 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
                 x1 = x0 + n_cols
                 x2 = x1 + n_cols
                 x3 = x2 + n_cols
-                for b in range(n_sub):
+                for b in range(n_subs):
                     i0 = zeros_i32x16()
                     i1 = zeros_i32x16()
                     i2 = zeros_i32x16()
@@ -300,13 +298,13 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
                             h1 = dot_u8s8(h1, wv, splat_bytes4(p3, x1 + k))
                             h2 = dot_u8s8(h2, wv, splat_bytes4(p3, x2 + k))
                             h3 = dot_u8s8(h3, wv, splat_bytes4(p3, x3 + k))
-                    scv = scales(sg, b * GROUP)
-                    mnv = load_f32x16(mg, b * GROUP) if affine else scv
-                    tb = t * n_sub + b
+                    scv = load_f32x16(sct, b * GROUP)
+                    mnv = load_f32x16(mnt, b * GROUP) if affine else scv
+                    tb = t * n_subs + b
                     a0 = finish(a0, i0, j0, h0, scv, mnv, offv, tb, dsc, s1f, s23f, xm)
-                    a1 = finish(a1, i1, j1, h1, scv, mnv, offv, tb + n_sub, dsc, s1f, s23f, xm)
-                    a2 = finish(a2, i2, j2, h2, scv, mnv, offv, tb + 2 * n_sub, dsc, s1f, s23f, xm)
-                    a3 = finish(a3, i3, j3, h3, scv, mnv, offv, tb + 3 * n_sub, dsc, s1f, s23f, xm)
+                    a1 = finish(a1, i1, j1, h1, scv, mnv, offv, tb + n_subs, dsc, s1f, s23f, xm)
+                    a2 = finish(a2, i2, j2, h2, scv, mnv, offv, tb + 2 * n_subs, dsc, s1f, s23f, xm)
+                    a3 = finish(a3, i3, j3, h3, scv, mnv, offv, tb + 3 * n_subs, dsc, s1f, s23f, xm)
                 put(out, t, g, n_rows, a0)
                 put(out, t + 1, g, n_rows, a1)
                 put(out, t + 2, g, n_rows, a2)
@@ -315,32 +313,56 @@ def packed_kernel(fmt: int, sub: int, affine: bool, half: bool, planes: int):
             while t < n_tokens:
                 a0 = zeros_f32x16()
                 x0 = t * n_cols
-                for b in range(n_sub):
-                    # two accumulators for the first plane: the even and odd steps do not wait
-                    # on each other (one token has no other independent work to interleave)
-                    i0 = zeros_i32x16()
-                    i1 = zeros_i32x16()
-                    j0 = zeros_i32x16()
-                    h0 = zeros_i32x16()
-                    k0 = b * sub
-                    base = b * sbytes
-                    hb = high_bits(qg, base)
-                    for s in range(0, steps, 2):
-                        k = k0 + 4 * s
-                        wa = step_weights(qg, base, s, hb)
-                        wb = step_weights(qg, base, s + 1, hb)
-                        i0 = dot_u8s8(i0, wa, splat_bytes4(p1, x0 + k))
-                        i1 = dot_u8s8(i1, wb, splat_bytes4(p1, x0 + k + 4))
-                        if planes >= 2:
-                            j0 = dot_u8s8(j0, wa, splat_bytes4(p2, x0 + k))
-                            j0 = dot_u8s8(j0, wb, splat_bytes4(p2, x0 + k + 4))
-                        if planes >= 3:
-                            h0 = dot_u8s8(h0, wa, splat_bytes4(p3, x0 + k))
-                            h0 = dot_u8s8(h0, wb, splat_bytes4(p3, x0 + k + 4))
-                    scv = scales(sg, b * GROUP)
-                    mnv = load_f32x16(mg, b * GROUP) if affine else scv
-                    a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, offv, t * n_sub + b, dsc, s1f, s23f, xm)
+                for blk in range(n_blk):
+                    base = blk * block_bytes
+                    for jj in range(n_sub):
+                        # two accumulators for the first plane: the even and odd steps do not
+                        # wait on each other (one token has no other independent work)
+                        i0 = zeros_i32x16()
+                        i1 = zeros_i32x16()
+                        j0 = zeros_i32x16()
+                        h0 = zeros_i32x16()
+                        k0 = (blk * n_sub + jj) * sub
+                        for s in range(0, steps, 2):
+                            k = k0 + 4 * s
+                            wa, wb = step_pair(qg, base, nsteps, jj * steps + s)
+                            i0 = dot_u8s8(i0, wa, splat_bytes4(p1, x0 + k))
+                            i1 = dot_u8s8(i1, wb, splat_bytes4(p1, x0 + k + 4))
+                            if planes >= 2:
+                                j0 = dot_u8s8(j0, wa, splat_bytes4(p2, x0 + k))
+                                j0 = dot_u8s8(j0, wb, splat_bytes4(p2, x0 + k + 4))
+                            if planes >= 3:
+                                h0 = dot_u8s8(h0, wa, splat_bytes4(p3, x0 + k))
+                                h0 = dot_u8s8(h0, wb, splat_bytes4(p3, x0 + k + 4))
+                        scv = scale_of(qg, base + weight_bytes, n_sub, jj)
+                        mnv = min_of(qg, base + weight_bytes, n_sub, jj) if affine else scv
+                        a0 = finish(a0, add_i32x16(i0, i1), j0, h0, scv, mnv, offv,
+                                    t * n_subs + blk * n_sub + jj, dsc, s1f, s23f, xm)
                 put(out, t, g, n_rows, a0)
                 t += 1
 
     return kernel
+
+
+@lru_cache(maxsize=None)
+def expander(layout: Layout):
+    """expand(q, tile, sct, mnt): the whole matrix decoded by the kernels' own decoders (value
+    bytes [G, 16 n_cols] step after step, scales and mins [G, 16 n_subs]); for tests."""
+    step_weights = layout.weights.step
+    scale_of = layout.scales.scale
+    min_of = layout.scales.minimum
+    nsteps, n_sub, weight_bytes, block_bytes = layout.nsteps, layout.n_sub, layout.weight_bytes, layout.block_bytes
+
+    @njit
+    def expand(q, tile, sct, mnt):
+        for g in range(q.shape[0]):
+            for blk in range(q.shape[1] // block_bytes):
+                base = blk * block_bytes
+                for s in range(nsteps):
+                    store_bytes64(tile[g], (blk * nsteps + s) * 64, step_weights(q[g], base, nsteps, s))
+                for j in range(n_sub):
+                    at = (blk * n_sub + j) * GROUP
+                    store_f32x16(sct[g], at, scale_of(q[g], base + weight_bytes, n_sub, j))
+                    store_f32x16(mnt[g], at, min_of(q[g], base + weight_bytes, n_sub, j))
+
+    return expand
