@@ -35,6 +35,17 @@ def big(tmp_path_factory):
     return model, text
 
 
+@pytest.fixture(scope="module")
+def mid(tmp_path_factory):
+    """A smaller model, for the commands run to the end (IQ3_XXS still takes seconds)."""
+    d = tmp_path_factory.mktemp("signals-mid")
+    model = build_model(d / "mid.gguf", "llama", "F16", embd_type="F16", n_layer=2, n_embd=512,
+                        n_ff=1408, n_head=8, n_head_kv=4)
+    text = d / "t.txt"
+    text.write_text(TEXT)
+    return model, text
+
+
 class Running:
     """A `lowbit` command running in the background, its stderr in a file to watch."""
 
@@ -94,16 +105,16 @@ def test_imatrix_stopped_writes_nothing(big, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_ladder_stopped_then_resumed(big, tmp_path):
-    model, text = big
+def test_ladder_stopped_then_resumed(mid, tmp_path):
+    model, text = mid
     out = tmp_path / "lad"
     args = ("ladder", model, "-f", text, "--calib", text, "--calib-chunks", "2", "--types", "Q8_0,IQ3_XXS",
             "-o", out, "-c", "64", "--chunks", "2", "-t", "1", "--bench-prompt", "0", "--bench-gen", "0")
     run = Running(tmp_path, *args)
     # stopped while the second entry is being written
-    wait_for(lambda: (out / "big-IQ3_XXS.gguf.partial").exists(), run)
+    wait_for(lambda: (out / "mid-IQ3_XXS.gguf.partial").exists(), run)
     stop(run, signal.SIGTERM)
-    assert leftovers(out) == [] and not (out / "big-IQ3_XXS.gguf").exists()
+    assert leftovers(out) == [] and not (out / "mid-IQ3_XXS.gguf").exists()
     first = json.loads((out / "results.json").read_text())
     assert list(first["entries"]) == ["Q8_0/imatrix"]
     done = lowbit(*args)
@@ -112,17 +123,20 @@ def test_ladder_stopped_then_resumed(big, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["entries"]["IQ3_XXS/imatrix"]["status"] == "ok"
     # paths are kept relative to the ladder's folder
-    assert data["entries"]["IQ3_XXS/imatrix"]["file"] == "big-IQ3_XXS.gguf"
+    assert data["entries"]["IQ3_XXS/imatrix"]["file"] == "mid-IQ3_XXS.gguf"
     assert data["settings"]["imatrix"] == "imatrix.gguf"
     assert data["settings"]["model"] == os.path.relpath(model, out)
 
 
-def test_progress_lines_without_a_terminal(big, tmp_path):
-    model, text = big
+def test_progress_lines_without_a_terminal(mid, tmp_path):
+    model, text = mid
     done = lowbit("quantize", model, tmp_path / "q.gguf", "Q4_K", "-t", "1")
     assert done.returncode == 0, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("quantize Q4_K:")]
-    assert [int(re.search(r"(\d+) %", ln).group(1)) for ln in lines] == list(range(10, 101, 10)), done.stderr
+    percents = [int(re.search(r"(\d+) %", ln).group(1)) for ln in lines]
+    # a line at each tenth reached (a big tensor may pass two at once), the last at 100 %
+    assert len(percents) >= 5 and percents[-1] == 100, done.stderr
+    assert all(p % 10 == 0 for p in percents) and percents == sorted(set(percents)), done.stderr
     assert all(re.search(r"\d+ s elapsed", ln) for ln in lines)
     done = lowbit("imatrix", model, "-f", text, "-o", tmp_path / "m.imatrix", "-c", "64", "--chunks", "10",
                   "-t", "1")
