@@ -62,6 +62,7 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.hookimpl(trylast=True)      # after -k / -m have deselected what will not run
 def pytest_collection_modifyitems(config, items):
     real = [item for item in items if item.get_closest_marker("real")]
     if SKIP_REAL:
