@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import lowbit
+from conftest import assert_one_sentence, lowbit
 from synthetic import build_model
 
 from lowbit.eval.speed import BenchError, parse_count, parse_counts
@@ -78,13 +78,6 @@ def test_generation_only(models):
     done = bench(models[1], "-p", "0", "-n", "3", "-r", "1", "-t", "1", "--no-startup")
     assert done.returncode == 0, done.stderr
     assert [r[5] for r in table_rows(done.stdout)[2:]] == ["tg3"]
-
-
-def assert_one_sentence(done, fragment):
-    assert done.returncode == 1, done.stderr
-    assert fragment in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, fragment", [
