@@ -24,26 +24,25 @@ TEXT = "the cat sat on the mat and then the dog ate the cat. a bird sang on the 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory):
-    """A model whose quantization to IQ3_XXS takes seconds, and a text."""
-    d = tmp_path_factory.mktemp("signals")
-    model = build_model(d / "big.gguf", "llama", "F16", embd_type="F16", n_layer=4, n_embd=1024,
-                        n_ff=2816, n_head=8, n_head_kv=4)
-    text = d / "t.txt"
+def model_and_text(folder, name, **dims):
+    """An F16 model of the given size (the quantizers' work grows with it) and a text."""
+    model = build_model(folder / f"{name}.gguf", "llama", "F16", embd_type="F16", n_head=8,
+                        n_head_kv=4, **dims)
+    text = folder / "t.txt"
     text.write_text(TEXT)
     return model, text
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """Its quantization to IQ3_XXS takes long enough to be stopped while writing."""
+    return model_and_text(tmp_path_factory.mktemp("signals"), "big", n_layer=4, n_embd=1024, n_ff=2816)
 
 
 @pytest.fixture(scope="module")
 def mid(tmp_path_factory):
-    """A smaller model, for the commands run to the end (IQ3_XXS still takes seconds)."""
-    d = tmp_path_factory.mktemp("signals-mid")
-    model = build_model(d / "mid.gguf", "llama", "F16", embd_type="F16", n_layer=2, n_embd=512,
-                        n_ff=1408, n_head=8, n_head_kv=4)
-    text = d / "t.txt"
-    text.write_text(TEXT)
-    return model, text
+    """For the commands run to the end (IQ3_XXS still takes seconds)."""
+    return model_and_text(tmp_path_factory.mktemp("signals-mid"), "mid", n_layer=2, n_embd=512, n_ff=1408)
 
 
 class Running:
