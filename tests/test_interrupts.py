@@ -48,11 +48,11 @@ def mid(tmp_path_factory):
 class Running:
     """A `lowbit` command running in the background, its stderr in a file to watch."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, env=None):
         self.log = tmp_path / "stderr.log"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
-                                         stdout=subprocess.DEVNULL, stderr=err)
+                                         stdout=subprocess.DEVNULL, stderr=err, env=env)
 
     def poll(self):
         return self.proc.poll()
@@ -141,3 +141,43 @@ def test_progress_lines_without_a_terminal(mid, tmp_path):
                   "-t", "1")
     assert done.returncode == 0, done.stderr
     assert "imatrix: 100 % (10 of 10 chunks)" in done.stderr and "s elapsed" in done.stderr
+
+
+class FakeFrame:
+    def __init__(self, filename, back=None):
+        self.f_code = type("Code", (), {"co_filename": filename})()
+        self.f_back = back
+
+
+def test_a_signal_inside_an_llvm_callback_is_raised_again_after_it():
+    # ctypes prints and drops an exception raised in a callback (numba compiling: llvmlite's
+    # object cache callback), so the handler sends the signal again instead of raising there
+    from lowbit.eval.cli import common
+
+    inside = FakeFrame("/x/numba/core/codegen.py", FakeFrame("/x/llvmlite/binding/executionengine.py"))
+    assert common._in_native_callback(inside)
+    assert not common._in_native_callback(FakeFrame("/x/numba/core/codegen.py", FakeFrame("/x/quant/encode.py")))
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        common.on_signals_unwind()
+        with pytest.raises(common.Terminated):
+            common._on_signal(signal.SIGTERM, FakeFrame("/x/quant/encode.py"))
+        with pytest.raises(KeyboardInterrupt):
+            common._on_signal(signal.SIGINT, inside)          # returns; the signal comes back
+            time.sleep(5)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_interrupted_while_compiling(big, tmp_path):
+    # a cold kernel cache: the signal arrives while numba compiles the encoder
+    model, _ = big
+    out = tmp_path / "q.gguf"
+    run = Running(tmp_path, "quantize", model, out, "IQ3_XXS", "--pure", "-t", "1",
+                  env={**os.environ, "LOWBIT_CACHE_DIR": str(tmp_path / "cache")})
+    wait_for(lambda: (tmp_path / "q.gguf.partial").exists(), run)
+    time.sleep(1.0)
+    err = stop(run, signal.SIGINT)
+    assert err.strip().splitlines()[-1] == "lowbit quantize: interrupted"
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -13,7 +13,7 @@ import sys
 from lowbit.quant.errors import LowbitError
 
 from . import bench, chat, generate, imatrix, inspect, ladder, models, perplexity, quantize
-from .common import Terminated, UsageError, is_environment_error, on_sigterm_unwind, sentence
+from .common import Terminated, UsageError, is_environment_error, on_signals_unwind, sentence
 
 COMMANDS = (inspect, perplexity, generate, chat, imatrix, quantize, bench, ladder, models)
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input (a LowbitError) is one sentence on stderr and exit status 1;
     anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    on_sigterm_unwind()
+    on_signals_unwind()
     prefix = f"lowbit {args.command}"
     try:
         return args.func(args)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
+import threading
 
 from lowbit.quant.errors import LowbitError
 
@@ -17,14 +19,34 @@ class Terminated(BaseException):
     (not a KeyboardInterrupt: the commands that survive Ctrl-C, such as chat, must still stop)."""
 
 
-def _terminate(signum, frame):
-    raise Terminated()
+def _in_native_callback(frame) -> bool:
+    """Whether Python code called back from LLVM (llvmlite's ctypes callbacks, run while numba
+    compiles) is on the stack: an exception raised there is printed and dropped by ctypes, so a
+    Ctrl-C would be lost and the command would finish as if nothing had happened."""
+    while frame is not None:
+        if "llvmlite" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
-def on_sigterm_unwind() -> None:
-    """Turn SIGTERM into the Terminated exception (the default would end the process at once,
-    leaving .partial files behind)."""
-    signal.signal(signal.SIGTERM, _terminate)
+def _on_signal(signum, frame):
+    if _in_native_callback(frame):
+        # raise it again a moment later, once the callback has returned
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def on_signals_unwind() -> None:
+    """Turn SIGINT into KeyboardInterrupt and SIGTERM into Terminated, raised where the program
+    is so that every `finally` removes its partial output (SIGTERM's default would end the
+    process at once, leaving .partial files behind), and never inside a callback that would
+    drop them."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
 
 
 def flag_hints() -> tuple[tuple[type, str], ...]:
