@@ -16,19 +16,20 @@ its own batch. Results are the same up to float rounding.)
 
 Produce lowbit's side first, then compare (N chunks, 2 threads):
 
-    /work/main/.venv/bin/lowbit perplexity FILE -f TEXT -c 512 --chunks N --json -t 2 > lowbit.json
-    /work/llama/venv/bin/python bench/llamacpp_check.py FILE -f TEXT -c 512 --chunks N \\
-        --compare-json lowbit.json
+    lowbit perplexity FILE -f TEXT -c 512 --chunks N --json -t 2 > lowbit.json
+    $P bench/llamacpp_check.py FILE -f TEXT -c 512 --chunks N --compare-json lowbit.json
+
+($P: the Python of the llama-cpp-python venv.)
 
 For several files, append each file's lowbit line to the same JSON file (`>>`); lines are
 matched to GGUF files by path. Examples with the real models:
 
-    T=/work/shared/data/wiki.test.raw M=~/.cache/lowbit/models
-    /work/main/.venv/bin/lowbit perplexity $M/SmolLM2-135M-Instruct.Q4_1.gguf -f $T -c 512 \\
+    T=../shared/data/wiki.test.raw M=~/.cache/lowbit/models
+    lowbit perplexity $M/SmolLM2-135M-Instruct.Q4_1.gguf -f $T -c 512 \\
         --chunks 4 --json -t 2 > lowbit.json
-    /work/llama/venv/bin/python bench/llamacpp_check.py $M/SmolLM2-135M-Instruct.Q4_1.gguf \\
+    $P bench/llamacpp_check.py $M/SmolLM2-135M-Instruct.Q4_1.gguf \\
         -f $T -c 512 --chunks 4 --compare-json lowbit.json \\
-        --check-ids /work/shared/data/wiki.test.smollm2-135m.ids.gz
+        --check-ids ../shared/data/wiki.test.smollm2-135m.ids.gz
 
 `--check-ids FILE.ids.gz` compares llama.cpp's token ids for the whole text with a gzipped list
 `[id, id, ...]`; a mismatch would make the perplexity comparison meaningless. `--json` prints one

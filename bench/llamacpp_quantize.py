@@ -3,7 +3,7 @@ then files and perplexities across the two (lowbit's file in llama.cpp, llama.cp
 
 This script runs under the llama-cpp-python venv, NOT lowbit's: it imports llama_cpp, numpy and
 gguf (`pip install gguf==0.19.0` into that venv), never lowbit. lowbit runs as a subprocess
-(`--lowbit`, default /work/main/.venv/bin/lowbit); llama.cpp's perplexity comes from
+(`--lowbit`, default the `lowbit` on PATH); llama.cpp's perplexity comes from
 bench/llamacpp_check.py, run as a subprocess under this same interpreter. It is a manual
 benchmark, not a test (pytest does not collect bench/). Everything runs one job at a time with
 `-t` threads (default 2).
@@ -34,8 +34,8 @@ Steps, each resumable (results go to OUT/results.json or --results; `--force` re
 lowbit may be edited while this runs: every lowbit run records a fingerprint of its source
 (sizes and mtimes of quant/, runtime/, eval/) before and after, and the report lists them.
 
-    P=/work/llama/venv/bin/python
-    $P bench/llamacpp_quantize.py plans      # 27 presets x 2 models, ~25 min on 2 threads
+    # $P: the llama-cpp-python venv's Python; DIR holds smollm2.imatrix.gguf and gemma3.imatrix.gguf
+    $P bench/llamacpp_quantize.py plans --imatrix-dir DIR   # 27 presets x 2 models, ~25 min on 2 threads
     $P bench/llamacpp_quantize.py interop    # SmolLM2, the 8 kept presets, ~25 min
     $P bench/llamacpp_quantize.py matched    # only where plans differ
     $P bench/llamacpp_quantize.py report
@@ -67,12 +67,10 @@ HERE = Path(__file__).resolve().parent
 MODELS_DIR = Path(os.path.expanduser("~/.cache/lowbit/models"))
 MODELS = {
     "smollm2": {"tag": "smol", "path": MODELS_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf",
-                "imatrix": "/work/out/smollm2.imatrix.gguf",
-                "ids": "/work/shared/data/wiki.test.smollm2-135m.ids.gz",
+                "imatrix": "smollm2.imatrix.gguf", "ids": "wiki.test.smollm2-135m.ids.gz",
                 "keep": ["Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K", "IQ2_M", "IQ2_XXS", "IQ1_M"]},
     "gemma3": {"tag": "gemma", "path": MODELS_DIR / "gemma-3-270m-q4_k_m.gguf",
-               "imatrix": "/work/out/gemma3.imatrix.gguf",
-               "ids": "/work/shared/data/wiki.test.gemma3-270m.ids.gz",
+               "imatrix": "gemma3.imatrix.gguf", "ids": "wiki.test.gemma3-270m.ids.gz",
                "keep": ["IQ2_M", "Q3_K_M"]},
 }
 PRESETS = ("Q2_K_S Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K Q8_0 Q4_0 Q4_1 "
@@ -683,15 +681,19 @@ def main(argv=None) -> int:
     p.add_argument("--interop-models", nargs="+", default=["smollm2"], choices=list(MODELS),
                    help="models for `interop` and `matched` (default: smollm2)")
     p.add_argument("--presets", nargs="+", default=PRESETS)
-    p.add_argument("--out", default="/work/out/llamacpp", help="llama.cpp's files, logs, ppl/")
+    p.add_argument("--out", default="llamacpp-out", help="llama.cpp's files, logs, ppl/")
     p.add_argument("--results", help="results file (default OUT/results.json; the report goes "
                                       "beside it as .md)")
-    p.add_argument("--lowbit-out", default="/work/out/lowbit", help="lowbit's quantized files")
-    p.add_argument("--lowbit", default="/work/main/.venv/bin/lowbit")
-    p.add_argument("--lowbit-src", default="/work/main",
-                   help="lowbit's source tree, fingerprinted around each lowbit run")
+    p.add_argument("--lowbit-out", default="lowbit-out", help="lowbit's quantized files")
+    p.add_argument("--lowbit", default="lowbit", help="the lowbit command (default: the one on PATH)")
+    p.add_argument("--lowbit-src", default=str(HERE.parent),
+                   help="lowbit's source tree, fingerprinted around each lowbit run (default: this one)")
+    p.add_argument("--imatrix-dir", help="where each model's importance matrix is (MODELS[..]['imatrix']; "
+                                         "default: OUT)")
+    p.add_argument("--data", default="../shared/data",
+                   help="the folder with the evaluation text and llama.cpp's token ids")
     p.add_argument("-t", "--threads", type=int, default=2)
-    p.add_argument("-f", "--text", default="/work/shared/data/wiki.test.raw")
+    p.add_argument("-f", "--text", help="evaluation text (default: DATA/wiki.test.raw)")
     p.add_argument("-c", "--ctx-size", type=int, default=512)
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--force", action="store_true", help="redo entries already in the results file")
@@ -706,6 +708,10 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown preset(s) {bad}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.text = args.text or str(Path(args.data) / "wiki.test.raw")
+    for m in MODELS.values():   # file names -> paths under the folders given
+        m["imatrix"] = str(Path(args.imatrix_dir or args.out) / m["imatrix"])
+        m["ids"] = str(Path(args.data) / m["ids"])
     return {"plans": cmd_plans, "interop": cmd_interop, "matched": cmd_matched,
             "report": cmd_report}[args.step](args)
 

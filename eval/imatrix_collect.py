@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from lowbit.quant.imatrix import ImportanceMatrix
+from lowbit.runtime.finite import check_logits
 from lowbit.runtime.model import Model
 from lowbit.runtime.tokenizer import Tokenizer
 
@@ -24,7 +25,9 @@ def collect_imatrix(model: Model, tokenizer: Tokenizer, text: str, dataset: str,
         lin.observer = im.add
     try:
         for i, chunk in enumerate(chunks):
-            model.forward(chunk, model.new_cache(n_ctx), logits_from=0 if include_output else None)
+            first = 0 if include_output else len(chunk) - 1
+            logits = model.forward(chunk, model.new_cache(n_ctx), logits_from=first)
+            check_logits(logits, chunk, first, f"in chunk {i + 1}")
             im.chunk_count = i + 1
             if on_chunk:
                 on_chunk(i, len(chunks))

@@ -37,14 +37,21 @@ def hyperparameters(gguf: GGUFFile) -> dict[str, object]:
     return {k[len(prefix):]: v for k, v in gguf.metadata.items() if k.startswith(prefix)}
 
 
+def _count(value) -> int | str:
+    """How many items a list-like metadata value holds (0 if absent, '?' if it is not a list:
+    inspect shows a damaged file as it is; running it refuses it)."""
+    if value is None:
+        return 0
+    return len(value) if isinstance(value, (list, np.ndarray)) else "?"
+
+
 def tokenizer_summary(gguf: GGUFFile) -> dict[str, object]:
     md = gguf.metadata
-    tokens = md.get("tokenizer.ggml.tokens")
     return {
         "model": md.get("tokenizer.ggml.model", "none"),
         "pre": md.get("tokenizer.ggml.pre"),
-        "tokens": len(tokens) if tokens is not None else 0,
-        "merges": len(md.get("tokenizer.ggml.merges", [])),
+        "tokens": _count(md.get("tokenizer.ggml.tokens")),
+        "merges": _count(md.get("tokenizer.ggml.merges")),
         "bos_token_id": md.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
         "add_bos_token": md.get("tokenizer.ggml.add_bos_token"),

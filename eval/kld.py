@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.quant.errors import LowbitError
+
 MAGIC = b"lowbit-kld-f16-1"     # 16 bytes
 ROWS_AT_ONCE = 32               # rows of float64 vocabulary vectors in memory at a time
 
 
-class KLDError(ValueError):
-    pass
+class KLDError(LowbitError):
+    """A base file that cannot be read, or one made from another model, text or -c."""
 
 
 def fingerprint(tokens: np.ndarray) -> str:
@@ -115,7 +117,11 @@ class BaseFile:
             except ValueError:
                 raise bad from None
         m = self.meta
-        if size != len(MAGIC) + 2 * m["rows"] * m["vocab_size"] + n + 8:
+        ints = ("rows", "vocab_size", "n_ctx", "chunks")
+        if (not isinstance(m, dict) or not all(type(m.get(k)) is int and m[k] >= 0 for k in ints)
+                or not isinstance(m.get("chunk_tokens"), list) or len(m["chunk_tokens"]) != m["chunks"]
+                or not isinstance(m.get("ppl"), (int, float))
+                or size != len(MAGIC) + 2 * m["rows"] * m["vocab_size"] + n + 8):
             raise bad
         self.logp = np.memmap(path, dtype=np.float16, mode="r", offset=len(MAGIC),
                               shape=(m["rows"], m["vocab_size"]))
@@ -166,6 +172,9 @@ class KLDStats:
     def summary(self, ppl: float) -> dict:
         kl = np.concatenate(self.kl)
         dp = np.concatenate(self.dp)
+        if not (np.isfinite(kl).all() and np.isfinite(dp).all()):
+            raise KLDError("the KL-divergence is not finite: the base file holds NaN or infinite "
+                           "log-probabilities (it is damaged)")
         n = kl.size
         return {
             "mean": float(kl.mean()), "stderr": float(kl.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,

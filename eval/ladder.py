@@ -24,18 +24,19 @@ from pathlib import Path
 from typing import Callable
 
 from lowbit.quant import imatrix as imx
+from lowbit.quant.errors import LowbitError
 from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
-from .loading import read_text
+from .loading import read_text, write_text_atomically
 from .report import alloc_budget, alloc_name
 
 RESULTS = "results.json"
 
 
-class LadderError(ValueError):
-    pass
+class LadderError(LowbitError):
+    """Ladder settings that cannot run, or a results file that is not one."""
 
 
 @dataclass
@@ -60,8 +61,23 @@ class LadderConfig:
 
     def settings(self) -> dict:
         """What an entry's quality depends on: a change recomputes every entry."""
-        return {"model": str(self.model), "eval_text": self.eval_text.name, "n_ctx": self.n_ctx,
-                "chunks": self.chunks, "imatrix": str(self.imatrix_path())}
+        return {"model": self.stored_model(), "eval_text": self.eval_text.name, "n_ctx": self.n_ctx,
+                "chunks": self.chunks, "imatrix": self.stored(self.imatrix_path())}
+
+    def stored(self, path) -> str:
+        """A path as results.json keeps it: relative to the output directory, so the directory
+        can move (or be committed) and still resume."""
+        return os.path.relpath(Path(path).resolve(), self.out_dir.resolve())
+
+    def stored_model(self) -> str:
+        """The source model as results.json keeps it: its name if it is a known model of the
+        store (its path is the user's cache), else its path relative to the output directory."""
+        from .model_store import known_name
+        return known_name(self.model) or self.stored(self.model)
+
+    def resolved(self, stored: str) -> Path:
+        """The path a stored path names (absolute ones, as older results.json kept, as they are)."""
+        return self.out_dir / stored
 
     def speed_settings(self) -> dict | None:
         """What an entry's speed depends on (None: no speed tests asked for)."""
@@ -137,17 +153,31 @@ def load_results(cfg: LadderConfig) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise LadderError(f"{path} is not a results file; remove it or choose another -o") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise LadderError(f"{path} is not a results file; remove it or choose another -o")
+    relative_paths(cfg, data)
     if data.get("settings") != cfg.settings():
         # Another model, text, -c, chunks or imatrix: nothing measured before is comparable.
         data = {"settings": cfg.settings(), "base": None, "entries": {}}
     return data
 
 
+def relative_paths(cfg: LadderConfig, data: dict) -> None:
+    """Results written with absolute paths (before they were kept relative) in today's form."""
+    from .model_store import known_name
+
+    def fix(record: dict, key: str, model: bool = False) -> None:
+        if isinstance(record, dict) and os.path.isabs(record.get(key) or ""):
+            record[key] = (model and known_name(record[key])) or cfg.stored(record[key])
+    fix(data.get("settings"), "model", model=True)
+    fix(data.get("settings"), "imatrix")
+    fix(data.get("base"), "file", model=True)
+    for record in data["entries"].values():
+        fix(record, "file")
+
+
 def save_results(cfg: LadderConfig, data: dict) -> None:
-    path = cfg.out_dir / RESULTS
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomically(cfg.out_dir / RESULTS, json.dumps(data, indent=1))
 
 
 def _requested_type_share(summary, src, preset_default: str) -> tuple[float, float]:
@@ -205,7 +235,7 @@ class Ladder:
         res = write_base(model, tok, self._eval_text(), self.cfg.eval_text.name, path,
                          self.cfg.n_ctx, self.cfg.chunks)
         src_bytes = open_gguf(self.cfg.model).file_bytes
-        data["base"] = {"file": str(self.cfg.model), "file_bytes": src_bytes, "ppl": res.ppl,
+        data["base"] = {"file": self.cfg.stored_model(), "file_bytes": src_bytes, "ppl": res.ppl,
                         "ppl_error": res.ppl_error, "chunks": res.n_chunks}
         save_results(self.cfg, data)
         return path
@@ -252,10 +282,10 @@ class Ladder:
             self.stage(f"{entry.key}: quantize")
             summary = quantize_model(src, out, opts, im if entry.imatrix else None,
                                      allow_requantize=True, imatrix_path=str(c.imatrix_path()) if entry.imatrix else None)
-        except ValueError as e:
+        except LowbitError as e:
             entry.status = f"failed: {e}"
             return entry
-        entry.file, entry.file_bytes = str(out), summary.file_bytes
+        entry.file, entry.file_bytes = self.cfg.stored(out), summary.file_bytes
         entry.n_params, entry.bpw = summary.n_params, summary.bpw
         if default is not None:
             entry.type_bpw, entry.type_share = _requested_type_share(summary, src, default)
@@ -290,8 +320,8 @@ class Ladder:
                 record = data["entries"][entry.key] = asdict(entry)
                 save_results(c, data)
             if record["status"] == "ok" and record["file"]:
-                self.measure_speed(record, Path(record["file"]), entry.key)
+                self.measure_speed(record, c.resolved(record["file"]), entry.key)
                 if not c.keep_files:
-                    Path(record["file"]).unlink(missing_ok=True)
+                    c.resolved(record["file"]).unlink(missing_ok=True)
                 save_results(c, data)
         return data

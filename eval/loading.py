@@ -3,10 +3,13 @@ tokenizer (by name or path), a text, an output path. The checks live here so tha
 what is wrong in the same words wherever it is made."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from lowbit.quant.errors import LowbitError
 
-class InputError(ValueError):
+
+class InputError(LowbitError):
     """A text or output path the user named that cannot be used: one sentence."""
 
 
@@ -34,6 +37,18 @@ def read_text(path) -> str:
         raise InputError(f"text file {path} is a directory") from None
     except UnicodeDecodeError:
         raise InputError(f"text file {path} is not UTF-8 text") from None
+
+
+def write_text_atomically(path, text: str) -> None:
+    """Write a small text file under a temporary name and rename it into place: an interrupted
+    write leaves the old file (or none), never half of one, and no temporary file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_output_dir(path, what: str = "output") -> None:

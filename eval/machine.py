@@ -1,7 +1,8 @@
 """What a figure was measured on (CPU, versions), and the BLAS thread pool behind numpy.
 
-The BLAS pool matters because numpy's matmul (used by the attention in runtime/ops.py) runs on
-OpenBLAS's own threads, beside numba's. Environment variables (OPENBLAS_NUM_THREADS) are read
+The BLAS pool is kept at one thread: the forward pass no longer calls numpy's BLAS (its attention
+is a numba kernel), but OpenBLAS's idle threads, once woken by a numpy product elsewhere, spin on
+the cores numba's threads need (eval/speed.py has the measurement). Environment variables (OPENBLAS_NUM_THREADS) are read
 only when numpy is imported, which the `lowbit` command has done before it parses `-t`; so the
 pool is resized afterwards through OpenBLAS's own C entry point, found among the libraries this
 process has loaded (what threadpoolctl does, without the dependency).
@@ -14,6 +15,8 @@ import platform
 from dataclasses import dataclass
 
 import numpy as np
+
+from lowbit.quant.errors import LowbitError
 
 
 def cpu_name() -> str:
@@ -91,7 +94,7 @@ def blas_pool() -> BlasPool | None:
     return None
 
 
-class ThreadsError(ValueError):
+class ThreadsError(LowbitError):
     """A thread count the machine cannot run."""
 
 
@@ -103,9 +106,8 @@ def check_threads(n: int, flag: str = "-t") -> None:
 
 def set_threads(n: int | None) -> None:
     """numba's threads (-t; None leaves numba's default), checked against the machine; numpy's
-    OpenBLAS pool always to one thread: its idle threads spin on the cores numba's parallel
-    loops need next (measured 2-3x slower prompts with 2 BLAS threads on 2 cores; eval/speed.py).
-    `lowbit bench` sets the pool itself (--blas-threads)."""
+    OpenBLAS pool to one thread (see the module docstring). `lowbit bench` sets the pool itself
+    (--blas-threads)."""
     if n is not None:
         check_threads(n)
     pin_threads(n)

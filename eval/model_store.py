@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowbit.quant.errors import LowbitError
 from lowbit.quant.jit_cache import cache_dir
 
 
@@ -48,8 +49,8 @@ KNOWN_MODELS = {
 }
 
 
-class ModelStoreError(ValueError):
-    pass
+class ModelStoreError(LowbitError):
+    """A model name that is not known, or a download that failed or does not check out."""
 
 
 def models_dir() -> Path:
@@ -111,6 +112,12 @@ def pull(name: str, progress: bool = True) -> Path:
             raise ModelStoreError(f"{name}: sha256 {digest.hexdigest()} does not match {spec.sha256}")
         os.replace(partial, target)
     return target
+
+
+def known_name(path) -> str | None:
+    """The name of the known model whose cached file `path` is, or None."""
+    path = Path(path).resolve()
+    return next((name for name in KNOWN_MODELS if cached_path(name).resolve() == path), None)
 
 
 def resolve_model(name_or_path: str) -> Path:

@@ -13,12 +13,15 @@ from typing import Callable
 
 import numpy as np
 
+from lowbit.quant.errors import LowbitError
+
+from lowbit.runtime.finite import check_logits
 from lowbit.runtime.model import Model
 from lowbit.runtime.tokenizer import Tokenizer
 
 
-class PerplexityError(ValueError):
-    pass
+class PerplexityError(LowbitError):
+    """A text too short for the context, or a context too small."""
 
 
 @dataclass
@@ -75,6 +78,7 @@ def perplexity(model: Model, tokenizer: Tokenizer, text: str, n_ctx: int = 512,
         cache = model.new_cache(n_ctx)
         # logits of positions first .. n_ctx-2 predict tokens first+1 .. n_ctx-1
         logits = model.forward(chunk[:n_ctx - 1], cache, logits_from=first)
+        check_logits(logits, chunk, first, f"in chunk {i + 1}")
         log_probs = log_softmax_rows(logits)
         targets = chunk[first + 1:]
         nll = -log_probs[np.arange(len(targets)), targets]

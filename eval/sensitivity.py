@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from lowbit.quant.allocate import AllocationError
 from lowbit.quant.decode import dequantize
 from lowbit.quant.encode import quantize
 from lowbit.quant.gguffile import GGUFFile
@@ -36,8 +37,10 @@ from lowbit.quant.imatrix import ImportanceMatrix
 from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import is_quantizable
 from lowbit.quant.types import by_name
+from lowbit.runtime.finite import check_logits
 
 from .kld import kl_divergence
+from .loading import write_text_atomically
 from .perplexity import log_softmax_rows
 
 # The types the allocator chooses among (those a row length cannot take are left out per tensor).
@@ -119,6 +122,7 @@ class SensitivityProbe:
 
     def _log_probs(self) -> np.ndarray:
         logits = self.model.forward(self.sample, self.model.new_cache(len(self.sample)), logits_from=0)
+        check_logits(logits, self.sample, 0, "in the calibration sample")
         return log_softmax_rows(logits)
 
     def kld_with(self, name: str, raw: np.ndarray, qtype) -> float:
@@ -158,7 +162,7 @@ def build_table(src: GGUFFile, model, im: ImportanceMatrix, sample: np.ndarray, 
         tc = TensorCosts(name, kind, layer, t.n_elements, t.n_cols)
         types = candidate_types(t.n_cols, candidates)
         if not types:
-            raise ValueError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
+            raise AllocationError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
         for q in types:
             qt = by_name(q)
             tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
@@ -219,7 +223,5 @@ def load_or_build(src: GGUFFile, model_loader: Callable, im: ImportanceMatrix, i
         return SensitivityTable.from_json(json.loads(path.read_text()))
     table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(table.to_json()))
-    tmp.replace(path)
+    write_text_atomically(path, json.dumps(table.to_json()))
     return table

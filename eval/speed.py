@@ -14,18 +14,19 @@ is reset before each model through /proc/self/clear_refs; where that is not allo
 process's peak so far, ru_maxrss). The GGUF file is memory-mapped, so the weights count in the
 resident set once their pages have been read.
 
-Threads: -t sets numba's pool, which runs every matrix product; it is an upper bound, since each
-forward pass leaves out the cores other processes keep busy (runtime/threads.py), and the table
-says when that happened ("2 (1)": asked for 2, ran on 1). numpy's matmul, which
-the attention uses (runtime/ops.py), runs on OpenBLAS's own pool, sized to all cores by default
-whatever -t says. The two pools take turns (the forward pass is sequential), yet a second BLAS
-thread cost 2-3x on this 2-core machine while it was shared with other jobs (2026-11-25, SmolLM2,
-256-token prompt, interleaved runs): 284 tokens/s with numba 1 + BLAS 1 thread against 85 with
-numba 1 + BLAS 2, and 120 against 54 with numba 2; most likely OpenBLAS's idle workers spinning
-after each call on the cores numba's threads need next. The attention is a few percent of a prompt's arithmetic, so the bench runs BLAS on one
-thread (blas_threads; `lowbit bench --blas-threads`), set through OpenBLAS's C entry point
-(lowbit.eval.machine.blas_pool) since OPENBLAS_NUM_THREADS is read only when numpy is imported,
-which has happened before -t is parsed; the start-up child gets OPENBLAS_NUM_THREADS instead.
+Threads: -t sets numba's pool, which runs the whole forward pass: the matrix products and the
+attention (runtime/kernels/attention.py) are numba kernels, and nothing in the forward pass calls
+numpy's BLAS. -t is an upper bound, since each forward pass leaves out the cores other processes
+keep busy (runtime/threads.py), and the table says when that happened ("2 (1)": asked for 2, ran
+on 1). numpy's OpenBLAS pool, sized to all cores by default whatever -t says, is still pinned to
+one thread (blas_threads; `lowbit bench --blas-threads`): when the attention was a numpy matmul,
+a second BLAS thread cost 2-3x on a shared 2-core machine (2026-11-25, SmolLM2, 256-token prompt:
+284 tokens/s with numba 1 + BLAS 1 thread against 85 with numba 1 + BLAS 2), most likely its idle
+workers spinning on the cores numba's threads needed next, and a numpy product elsewhere (the
+encoders' grid tables) must not wake such a pool again. The pool is set through OpenBLAS's C
+entry point (lowbit.eval.machine.blas_pool) since OPENBLAS_NUM_THREADS is read only when numpy is
+imported, which has happened before -t is parsed; the start-up child gets OPENBLAS_NUM_THREADS
+instead.
 
 Start-up: a separate process loads the model and runs an 8-token prompt and one generated token,
 the way `lowbit generate` starts: the time from the start of the load to the first token is
@@ -50,11 +51,13 @@ from typing import Callable
 
 import numpy as np
 
+from lowbit.quant.errors import LowbitError
+
 SEED = 1234
 STARTUP_PROMPT = 8          # tokens in the start-up measurement's prompt
 
 
-class BenchError(ValueError):
+class BenchError(LowbitError):
     """Bad benchmark parameters: one sentence for the user."""
 
 
@@ -328,8 +331,8 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
           cold: bool = False, startup_runs: bool = True, blas_threads: int = 1,
           progress: Callable[[str, int], None] | None = None, precision: str = "fast") -> list[dict]:
     """Benchmark each model at each thread count (numba's threads; the caller has checked the
-    counts); one result dict per (model, threads, test). numpy's BLAS pool (the attention's
-    matmuls) runs at blas_threads meanwhile (see the module docstring for why 1 is the default).
+    counts); one result dict per (model, threads, test). numpy's BLAS pool (which the
+    forward pass does not use) is held at blas_threads meanwhile (the module docstring says why).
     "rss_after_imports" is the resident set when the call begins: in `lowbit bench`, after the
     imports and before any model is loaded. precision: the activation precision of the integer
     products ("fast" or "exact", runtime/model.py).

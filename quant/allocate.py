@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import LowbitError
 
-class AllocationError(ValueError):
-    pass
+
+class AllocationError(LowbitError):
+    """A budget the types cannot meet, or a recipe file that cannot be read."""
 
 
 @dataclass(frozen=True)

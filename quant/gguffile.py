@@ -13,9 +13,13 @@ metadata, and any shard may hold tensor data. open_gguf, given the first shard, 
 as one model.
 
 Every read is bounds-checked: a truncated or corrupt file raises GGUFError with one sentence.
+As in ggml's reader, tensor data must follow one another in order, each padded to the alignment
+(so a changed type or shape, which changes a tensor's size, is found), and arrays of arrays are
+refused.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -26,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .types import QuantType, by_id
+from .errors import LowbitError
+from .types import QuantType, UnsupportedTypeError, by_id
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -45,7 +50,7 @@ SPLIT_KEY_TYPES = {SPLIT_NO: (2, None), SPLIT_COUNT: (2, None), SPLIT_TENSORS: (
 _SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
-class GGUFError(ValueError):
+class GGUFError(LowbitError):
     """A file that is not a valid GGUF file; the message says what is wrong, in one sentence."""
 
 
@@ -189,11 +194,11 @@ class _Cursor:
                 dt = _SCALARS[item_type]
                 return np.frombuffer(self.take(count * dt.itemsize, what), dtype=dt)
             if item_type == _STRING:
-                if count > len(self.buf):
+                if count > (len(self.buf) - self.pos) // 8:   # each string takes 8 bytes at least
                     raise GGUFError(f"{self.path} is corrupt: {what} claims {count} strings")
                 return [self.string(what) for _ in range(count)]
             if item_type == _ARRAY:
-                return [self.value(_ARRAY, what) for _ in range(count)]
+                raise GGUFError(f"{self.path} is corrupt: {what} is an array of arrays")
             raise GGUFError(f"{self.path} is corrupt: {what} has unknown item type {item_type}")
         raise GGUFError(f"{self.path} is corrupt: {what} has unknown value type {vtype}")
 
@@ -255,11 +260,14 @@ def _open_one(path: Path) -> GGUFFile:
         raise GGUFError(f"{path} does not exist")
     if path.is_dir():
         raise GGUFError(f"{path} is a directory, not a GGUF file")
-    size = path.stat().st_size
-    if size < 24:
-        raise GGUFError(f"{path} is not a GGUF file: it is only {size} bytes long")
-    with open(path, "rb") as f:
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        size = path.stat().st_size
+        if size < 24:
+            raise GGUFError(f"{path} is not a GGUF file: it is only {size} bytes long")
+        with open(path, "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise GGUFError(f"{path} cannot be read: {e.strerror}") from None
     cur = _Cursor(buf, path)
     if bytes(cur.take(4, "the magic")) != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
@@ -293,28 +301,31 @@ def _open_one(path: Path) -> GGUFFile:
         rel = cur.u64(f"the offset of {name}")
         infos.append((name, tuple(reversed(dims)), type_id, rel))
 
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFError(f"{path} is corrupt: general.alignment is {alignment}")
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFError(f"{path} is corrupt: general.alignment is {alignment!r}, not a power of two")
     data_offset = -(-cur.pos // alignment) * alignment
 
     tensors: dict[str, TensorInfo] = {}
+    expected = 0    # where the next tensor's data must start, relative to data_offset
     for name, shape, type_id, rel in infos:
         try:
             qtype = by_id(type_id)
             row_bytes = qtype.row_bytes(shape[-1])
-        except ValueError as e:
+        except (UnsupportedTypeError, ValueError) as e:
             raise GGUFError(f"{path}: tensor {name}: {e}") from None
-        n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        n_rows = math.prod(shape[:-1])          # Python ints: dims are u64 and may lie
         n_bytes = n_rows * row_bytes
         start = data_offset + rel
-        if rel % alignment:
-            raise GGUFError(f"{path} is corrupt: tensor {name} is not aligned to {alignment} bytes")
+        if name in tensors:
+            raise GGUFError(f"{path} is corrupt: tensor {name} appears twice")
+        if rel != expected:
+            raise GGUFError(f"{path} is corrupt: tensor {name} starts at data offset {rel}, but the "
+                            f"tensors before it end at {expected} (a size, type or offset is wrong)")
         if start + n_bytes > size:
             raise GGUFError(f"{path} is truncated: tensor {name} needs bytes {start}..{start + n_bytes} "
                             f"but the file has {size}")
-        if name in tensors:
-            raise GGUFError(f"{path} is corrupt: tensor {name} appears twice")
+        expected = rel + -(-n_bytes // alignment) * alignment
         tensors[name] = TensorInfo(name, shape, qtype, start, n_bytes)
 
     return GGUFFile(path, version, metadata, tensors, data_offset, [buf], types)

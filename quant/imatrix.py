@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import LowbitError
 from .gguffile import GGUFError, open_gguf
 
 
-class ImatrixError(ValueError):
-    pass
+class ImatrixError(LowbitError):
+    """An importance matrix file that cannot be read or written, or one of another model."""
 
 
 @dataclass

@@ -7,6 +7,8 @@ the resident set once encoded, and the output goes straight to its file.
 from __future__ import annotations
 
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,7 @@ from typing import Callable
 
 from .decode import dequantize
 from .encode import quantize
+from .errors import LowbitError
 from .gguffile import GGUFFile, release_mapped_pages
 from .imatrix import ImportanceMatrix
 from .recipes import (NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError,
@@ -24,8 +27,16 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 CHUNK_BYTES = 16 << 20   # float32 rows decoded and encoded at once
 
 
-class QuantizeError(ValueError):
-    pass
+class QuantizeError(LowbitError):
+    """A quantization that cannot be done as asked."""
+
+
+class RequantizeError(QuantizeError):
+    """The source is already quantized and requantizing was not allowed."""
+
+
+class ImatrixNeededError(QuantizeError):
+    """A type that needs an importance matrix, asked for without one."""
 
 
 @dataclass
@@ -78,8 +89,7 @@ def check_requantize(src: GGUFFile, names: list[str], allow_requantize: bool) ->
     for name in names:
         t = src.tensors[name]
         if not t.qtype.is_float and not allow_requantize:
-            raise QuantizeError(f"{src.path.name} is already quantized ({name} is {t.qtype.name}); "
-                                f"pass --allow-requantize to quantize it again")
+            raise RequantizeError(f"{src.path.name} is already quantized ({name} is {t.qtype.name})")
 
 
 def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: ImportanceMatrix | None,
@@ -88,14 +98,13 @@ def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: Impo
     check_requantize(src, [c.name for c in changed], allow_requantize)
     preset = resolve_target(opts.target)[0].name if opts.recipe is None else None
     if preset in PRESETS_NEEDING_IMATRIX and im is None:
-        raise QuantizeError(f"{preset} needs an importance matrix, as in llama.cpp: pass --imatrix FILE "
-                            f"(make one with `lowbit imatrix`)")
+        raise ImatrixNeededError(f"{preset} needs an importance matrix, as in llama.cpp")
     for c in changed:
         needs = ((c.qtype.name in NEEDS_IMATRIX and not (c.qtype.name == "IQ1_M" and _is_embd_or_output(c.name)))
                  or (preset == "Q2_K_S" and c.qtype.name == "Q2_K" and c.name != "token_embd.weight"))
         if needs and (im is None or im.importance(c.name) is None):
-            raise QuantizeError(f"{c.qtype.name} (for {c.name}) needs an importance matrix, as in "
-                                f"llama.cpp: pass --imatrix FILE (make one with `lowbit imatrix`)")
+            raise ImatrixNeededError(f"{c.qtype.name} (for {c.name}) needs an importance matrix, as in "
+                                     f"llama.cpp")
     for c in changed:
         if c.qtype.encode_row is None and c.qtype.name != "F32":
             raise QuantizeError(f"lowbit cannot encode {c.qtype.name} yet (needed for {c.name})")
@@ -119,6 +128,8 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
                 yield part
             else:
                 rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols))
+                if not np.isfinite(rows).all():
+                    raise QuantizeError(f"{src.path.name}: tensor {choice.name} holds NaN or infinite weights")
                 try:
                     out = rows if choice.qtype.name == "F32" else quantize(rows, choice.qtype, imp)
                 except ValueError as e:   # weights or importance unfit for encoding

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from gguf import LlamaFileType
 
-from .types import QuantType, by_name
+from .errors import LowbitError
+from .types import QuantType, UnsupportedTypeError, by_name
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ FALLBACK = {"IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL", "IQ3_XXS
             "TQ1_0": "Q4_0", "TQ2_0": "Q4_0"}
 
 
-class RecipeError(ValueError):
-    pass
+class RecipeError(LowbitError):
+    """An unknown type or preset, an override a tensor cannot take, a recipe that does not fit."""
 
 
 def resolve_target(name: str) -> tuple[Preset, bool]:
@@ -69,7 +70,7 @@ def resolve_target(name: str) -> tuple[Preset, bool]:
         return PRESETS[key], True
     try:
         qtype = by_name(key)
-    except ValueError:
+    except UnsupportedTypeError:
         raise RecipeError(f"unknown type or preset {name!r}; presets: {', '.join(PRESETS)}") from None
     return Preset(qtype.name, file_type_of(qtype.name), qtype.name), False
 
@@ -260,7 +261,7 @@ def plan(tensors: list[tuple[str, tuple[int, ...]]], shape: ModelShape, opts: Pl
         try:
             patterns.append((re.compile(rx), by_name(tname)))
         except re.error as e:
-            raise RecipeError(f"--tensor-type pattern {rx!r} is not a valid regex: {e}") from None
+            raise RecipeError(f"the tensor-type pattern {rx!r} is not a valid regex: {e}") from None
     shape.n_attn_v = sum(1 for n, _ in tensors if "attn_v.weight" in n)
     st = RuleState()
     out = []
@@ -309,7 +310,7 @@ def plan_from_recipe(tensors: list[tuple[str, tuple[int, ...]]], recipe: dict[st
             raise RecipeError(f"the recipe does not name {name}; a recipe lists every weight matrix")
         try:
             qtype = by_name(recipe[name])
-        except ValueError:
+        except UnsupportedTypeError:
             raise RecipeError(f"the recipe gives {name} the unknown type {recipe[name]!r}") from None
         if tshape[-1] % qtype.block_size:
             raise RecipeError(f"{name} has rows of {tshape[-1]}, which {qtype.name} (recipe) cannot take "

@@ -11,6 +11,12 @@ from typing import Callable
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .errors import LowbitError
+
+
+class UnsupportedTypeError(LowbitError):
+    """A tensor type lowbit does not know, by name or by GGML id."""
+
 
 @dataclass(frozen=True)
 class Packing:
@@ -115,8 +121,8 @@ def by_name(name: str) -> QuantType:
     try:
         return _BY_NAME[name.upper()]
     except KeyError:
-        raise ValueError(f"unknown tensor type {name!r}; known types: "
-                         f"{', '.join(t.name for t in all_types())}") from None
+        raise UnsupportedTypeError(f"unknown tensor type {name!r}; known types: "
+                                   f"{', '.join(t.name for t in all_types())}") from None
 
 
 def by_id(ggml_id: int) -> QuantType:
@@ -128,4 +134,4 @@ def by_id(ggml_id: int) -> QuantType:
             what = GGMLQuantizationType(ggml_id).name
         except ValueError:
             what = f"id {ggml_id}"
-        raise ValueError(f"tensor type {what} is not supported by lowbit") from None
+        raise UnsupportedTypeError(f"tensor type {what} is not supported by lowbit") from None

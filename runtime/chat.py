@@ -5,7 +5,7 @@ from datetime import date
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .config import ModelError
+from .config import ContextFullError, ModelError
 from .generate import GenerationStats, TextStream, generate_tokens
 from .model import KVCache, Model
 from .sampling import Sampler
@@ -72,8 +72,8 @@ class ChatSession:
         ids = self._conversation_tokens()
         if len(ids) >= self.cache.n_ctx:
             self.messages.pop()
-            raise ModelError(f"the conversation needs {len(ids)} tokens but the context holds "
-                             f"{self.cache.n_ctx}; start a new chat (/clear) or raise -c")
+            raise ContextFullError(f"the conversation needs {len(ids)} tokens but the context holds "
+                                   f"{self.cache.n_ctx}")
         # Reuse the cache for the common prefix of what it holds and the new conversation.
         common = 0
         for a, b in zip(self.cached_tokens, ids):

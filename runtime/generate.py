@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from .config import ModelError
+from .config import ContextFullError, ModelError
+from .finite import check_logits
 from .model import KVCache, Model
 from .sampling import Sampler
 from .tokenizer import Tokenizer
@@ -52,8 +53,8 @@ def check_prompt(n_past: int, n_new: int, n_ctx: int) -> None:
     if not n_new:
         raise ModelError("the prompt is empty")
     if n_past + n_new > n_ctx:
-        raise ModelError(f"the prompt needs {n_past + n_new} tokens but the context "
-                         f"holds {n_ctx}; raise -c or shorten the prompt")
+        raise ContextFullError(f"the prompt needs {n_past + n_new} tokens but the context "
+                               f"holds {n_ctx}")
 
 
 def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], cache: KVCache,
@@ -68,6 +69,7 @@ def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], c
     history = list(history or []) + list(new_tokens)
     t = time.perf_counter()
     logits = model.forward(new_tokens, cache)[-1]
+    check_logits(logits[None], new_tokens, len(new_tokens) - 1, "in the prompt")
     stats.prompt_tokens += len(new_tokens)
     stats.prompt_seconds += time.perf_counter() - t
     t = time.perf_counter()
@@ -86,6 +88,7 @@ def generate_tokens(model: Model, tokenizer: Tokenizer, new_tokens: list[int], c
                 stats.stopped_by = "context full"
                 return
             logits = model.forward([token], cache)[-1]
+            check_logits(logits[None], [token])
         stats.stopped_by = "token limit"
     finally:
         stats.generate_seconds += time.perf_counter() - t

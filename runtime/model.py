@@ -12,7 +12,8 @@ import numpy as np
 from lowbit.quant.decode import dequantize
 from lowbit.quant.gguffile import GGUFFile, open_gguf
 
-from .config import ModelConfig, ModelError, read_config
+from .config import ContextFullError, ModelConfig, ModelError, read_config
+from .finite import check_weights
 from .kernels import QuantMatrix, StackedMatrix
 from .kernels.packed import ACTIVATION_PLANES, PARALLEL_QUANTIZE_TOKENS
 from .kernels.attention import attention, cache_length
@@ -130,18 +131,17 @@ class KVCache:
 
 
 class Model:
-    def __init__(self, gguf: GGUFFile):
+    def __init__(self, gguf: GGUFFile, check_finite: bool = True):
         self.gguf = gguf
         self.cfg = cfg = read_config(gguf)
+        if check_finite:
+            check_weights(gguf)
         self._embd = self._matrix("token_embd.weight")
         out_name = "output.weight" if "output.weight" in gguf.tensors else "token_embd.weight"
         self.output = Linear(self._matrix(out_name))
         self.output_norm = self._vector("output_norm.weight")
         self.layers = [self._layer(i) for i in range(cfg.n_layer)]
         self._precision = "exact"
-        if self._embd.n_cols != cfg.n_embd:
-            raise ModelError(f"token_embd.weight has rows of {self._embd.n_cols}, "
-                             f"but the model's embedding length is {cfg.n_embd}")
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -234,6 +234,8 @@ class Model:
     # -- running -----------------------------------------------------------------------------
 
     def new_cache(self, n_ctx: int) -> KVCache:
+        if n_ctx < 1:
+            raise ContextFullError(f"a context of {n_ctx} tokens holds nothing")
         return KVCache(self.cfg, n_ctx)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -261,7 +263,7 @@ class Model:
         if n_tokens == 0:
             raise ModelError("no tokens to evaluate")
         if pos0 + n_tokens > cache.n_ctx:
-            raise ModelError(f"the context is full: {pos0} + {n_tokens} tokens exceed n_ctx = {cache.n_ctx}")
+            raise ContextFullError(f"the context is full: {pos0} + {n_tokens} tokens exceed n_ctx = {cache.n_ctx}")
         if tokens.min() < 0 or tokens.max() >= self._embd.n_rows:
             raise ModelError(f"token id out of range 0..{self._embd.n_rows - 1}")
         positions = np.arange(pos0, pos0 + n_tokens)

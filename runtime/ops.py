@@ -1,4 +1,8 @@
-"""The non-matmul operations of a transformer forward pass, in numpy (float32 in and out)."""
+"""The non-matmul operations of a transformer forward pass, in numpy (float32 in and out).
+
+The model runs numba kernels for all of them (kernels/elementwise.py, kernels/attention.py) and
+uses only rope_tables from here; the rest is the plain form the tests hold those kernels to.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ extra whitespace kept, and a dummy space prefix added only when the file says so
 """
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -96,7 +97,7 @@ class SentencePieceBackend:
             raise TokenizerError(f"the SentencePiece vocabulary could not be built: {e}") from None
         self._bytes = []
         for t, kind in zip(tokens, token_types):
-            if kind == BYTE and len(t) == 6 and t.startswith("<0x"):
+            if kind == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
                 self._bytes.append(bytes([int(t[3:5], 16)]))
             else:
                 self._bytes.append(t.replace("\u2581", " ").encode("utf-8"))

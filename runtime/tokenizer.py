@@ -18,6 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from lowbit.quant.errors import LowbitError
+
 # llama.cpp token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -40,8 +42,8 @@ PRE_TOKENIZERS = {
 }
 
 
-class TokenizerError(ValueError):
-    pass
+class TokenizerError(LowbitError):
+    """A tokenizer the GGUF metadata describes that lowbit cannot build."""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -57,12 +59,44 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "eot_token_id", "eom_token_id", "unknown_token_id",
+              "padding_token_id")
+
+
+def check_metadata(metadata: dict) -> None:
+    """The tokenizer keys have the kinds and lengths the tokenizer needs: one sentence if not."""
+    def key(name: str) -> str:
+        return "tokenizer.ggml." + name
+
+    tokens = metadata.get(key("tokens"))
+    if tokens is None or metadata.get(key("model")) is None:
+        raise TokenizerError("the model file has no tokenizer (tokenizer.ggml.tokens/model missing)")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise TokenizerError("tokenizer.ggml.tokens is not a list of strings")
+    n = len(tokens)
+    for name in ("model", "pre"):
+        value = metadata.get(key(name))
+        if value is not None and not isinstance(value, str):
+            raise TokenizerError(f"tokenizer.ggml.{name} is {value!r}, not a name")
+    for name, kinds in (("token_type", "iu"), ("scores", "fiu")):
+        value = metadata.get(key(name))
+        if value is not None and (not isinstance(value, np.ndarray) or value.dtype.kind not in kinds
+                                  or len(value) != n):
+            raise TokenizerError(f"tokenizer.ggml.{name} does not hold one number per token ({n} tokens)")
+    merges = metadata.get(key("merges"))
+    if merges is not None and (not isinstance(merges, list) or not all(isinstance(m, str) for m in merges)):
+        raise TokenizerError("tokenizer.ggml.merges is not a list of strings")
+    for name in _TOKEN_IDS:
+        value = metadata.get(key(name))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n):
+            raise TokenizerError(f"tokenizer.ggml.{name} is {value!r}, not a token id below {n}")
+
+
 class Tokenizer:
     def __init__(self, metadata: dict):
+        check_metadata(metadata)
         self.kind = metadata.get("tokenizer.ggml.model")
         tokens = metadata.get("tokenizer.ggml.tokens")
-        if tokens is None or self.kind is None:
-            raise TokenizerError("the model file has no tokenizer (tokenizer.ggml.tokens/model missing)")
         self.tokens: list[str] = list(tokens)
         n = len(self.tokens)
         types = metadata.get("tokenizer.ggml.token_type")

@@ -27,6 +27,20 @@ def reference_decode(raw: np.ndarray, qtype: QuantType) -> np.ndarray:
     return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype.ggml_id))
 
 
+def ggml_decode(raw: np.ndarray, qtype: QuantType, n_cols: int) -> np.ndarray:
+    """Rows of `qtype` decoded by ggml's own C dequantizers (libgguf): an oracle whose tables are
+    not the gguf package's, which lowbit reads its tables from. The float types, which libgguf
+    does not take, are widened by numpy."""
+    rows = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, qtype.row_bytes(n_cols))
+    if qtype.name == "F32":
+        return rows.view(np.float32).copy()
+    if qtype.name == "F16":
+        return rows.view(np.float16).astype(np.float32)
+    if qtype.name == "BF16":
+        return (rows.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(libgguf.dequantize_rows(rows, qtype.ggml_id, n_cols), dtype=np.float32)
+
+
 def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, QuantType]],
                metadata: dict | None = None, arch: str = "llama") -> Path:
     """A GGUF file holding `tensors` (name -> (bytes or float array, type)) and metadata."""

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from conftest import assert_one_sentence, lowbit
 from synthetic import build_model
 
 from lowbit.eval.speed import BenchError, parse_count, parse_counts
@@ -19,9 +18,8 @@ def models(tmp_path_factory):
             build_model(d / "b.gguf", "qwen2", "Q8_0", n_layer=1, seed=1))
 
 
-def lowbit(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "bench", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+def bench(*args):
+    return lowbit("bench", *args)
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -30,7 +28,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 
 def test_one_table_for_several_models(models):
-    done = lowbit(*models, "-p", "16", "-n", "4", "-r", "2", "-t", "1", "--no-startup")
+    done = bench(*models, "-p", "16", "-n", "4", "-r", "2", "-t", "1", "--no-startup")
     assert done.returncode == 0, done.stderr
     rows = table_rows(done.stdout)
     assert rows[0] == ["model", "size", "params", "type", "threads", "test", "t/s"]
@@ -52,7 +50,7 @@ def test_one_table_for_several_models(models):
 
 
 def test_json_with_startup(models):
-    done = lowbit(models[0], "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--json")
+    done = bench(models[0], "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--json")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert [r["test"] for r in results] == ["pp8"]
@@ -69,7 +67,7 @@ def test_json_with_startup(models):
 
 
 def test_cold_startup_uses_an_empty_cache(models):
-    done = lowbit(models[1], "-p", "4", "-n", "0", "-r", "1", "-t", "1", "--cold", "--json")
+    done = bench(models[1], "-p", "4", "-n", "0", "-r", "1", "-t", "1", "--cold", "--json")
     assert done.returncode == 0, done.stderr
     as_is, cold = json.loads(done.stdout)[0]["startup"]
     assert cold["cache"].startswith("empty") and cold["kernels_compiled"] > 0
@@ -77,16 +75,9 @@ def test_cold_startup_uses_an_empty_cache(models):
 
 
 def test_generation_only(models):
-    done = lowbit(models[1], "-p", "0", "-n", "3", "-r", "1", "-t", "1", "--no-startup")
+    done = bench(models[1], "-p", "0", "-n", "3", "-r", "1", "-t", "1", "--no-startup")
     assert done.returncode == 0, done.stderr
     assert [r[5] for r in table_rows(done.stdout)[2:]] == ["tg3"]
-
-
-def assert_one_sentence(done, fragment):
-    assert done.returncode == 1, done.stderr
-    assert fragment in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -103,7 +94,7 @@ def assert_one_sentence(done, fragment):
     (["{m}", "--blas-threads", "9999"], "--blas-threads must be between"),
 ])
 def test_bad_input(models, args, fragment):
-    assert_one_sentence(lowbit(*[a.format(m=models[0]) for a in args]), fragment)
+    assert_one_sentence(bench(*[a.format(m=models[0]) for a in args]), fragment)
 
 
 def test_unsupported_architecture_fails_before_running(tmp_path, models):
@@ -111,7 +102,7 @@ def test_unsupported_architecture_fails_before_running(tmp_path, models):
     from lowbit.quant.types import by_name
     from synthetic import write_gguf
     bad = write_gguf(tmp_path / "x.gguf", {"x": (np.zeros(4, np.float32), by_name("F32"))}, arch="mamba")
-    done = lowbit(models[0], bad, "-p", "4", "-n", "0", "-r", "1")
+    done = bench(models[0], bad, "-p", "4", "-n", "0", "-r", "1")
     assert_one_sentence(done, "architecture 'mamba' is not supported")
     assert done.stdout == ""
 
@@ -125,10 +116,10 @@ def test_parse_counts():
 
 
 def test_exact_activations_on_request(models):
-    done = lowbit(models[1], "-p", "8", "-n", "2", "-r", "1", "-t", "1", "--no-startup", "--exact", "--json")
+    done = bench(models[1], "-p", "8", "-n", "2", "-r", "1", "-t", "1", "--no-startup", "--exact", "--json")
     assert done.returncode == 0, done.stderr
     assert {r["precision"] for r in json.loads(done.stdout)} == {"exact"}
-    both = lowbit(models[1], "--exact", "--fast")
+    both = bench(models[1], "--exact", "--fast")
     assert both.returncode != 0 and "not allowed with argument" in both.stderr
 
 
@@ -138,7 +129,7 @@ def test_qwen_resident_memory_is_at_most_130_percent_of_the_file():
     # included) while the 1.5B model is loaded, repacked and run
     from conftest import real_model
     path = real_model("qwen2.5-coder-1.5b")
-    done = lowbit(path, "-p", "64", "-n", "4", "-r", "1", "-t", "2", "--no-startup", "--json")
+    done = bench(path, "-p", "64", "-n", "4", "-r", "1", "-t", "2", "--no-startup", "--json")
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout)[0]
     assert r["memory"]["peak_is_per_model"]

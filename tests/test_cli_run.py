@@ -1,29 +1,15 @@
 """The running commands on bad input: one sentence on stderr, exit status 1, no traceback."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from conftest import assert_one_sentence, lowbit
 from synthetic import build_model
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     return build_model(tmp_path_factory.mktemp("cli") / "m.gguf", "llama", "Q4_0")
-
-
-def lowbit(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
-                          capture_output=True, text=True, input=stdin, timeout=300)
-
-
-def assert_one_sentence(done, fragment):
-    assert done.returncode == 1, done.stderr
-    assert fragment in done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_generate_streams_and_reports_speed(model_path):

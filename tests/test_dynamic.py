@@ -1,14 +1,12 @@
 """Dynamic quantization: the allocator, the sensitivity table, recipes, and their refusals."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from lowbit.quant.allocate import AllocationError, Candidate, allocate, lower_hull, read_recipe, write_recipe
 
+from conftest import lowbit
 from synthetic import build_model
 
 CANDIDATES = "Q2_K,IQ4_XS,Q4_K,Q6_K,Q8_0"   # a few, to keep the test's encoding and JIT short
@@ -63,11 +61,6 @@ def test_recipe_round_trip_and_bad_lines(tmp_path):
         read_recipe(p)
     with pytest.raises(AllocationError, match="does not exist"):
         read_recipe(tmp_path / "none.recipe")
-
-
-def lowbit(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,9 +9,9 @@ from lowbit.runtime.model import Model
 from lowbit.runtime.ops import rms_norm
 from lowbit.runtime.tokenizer import Tokenizer
 
+from conftest import shared_data
 from synthetic import build_model
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 TEXT = "the cat sat on the mat and then the dog ate the cat. " * 20
 
 
@@ -48,8 +46,9 @@ def test_files_round_trip(tiny, tmp_path, legacy):
         np.testing.assert_allclose(back.importance(name), im.importance(name), rtol=1e-6)
 
 
+@pytest.mark.real
 def test_llama_imatrix_legacy_file_loads():
-    im = imx.load(DATA / "smollm2-135m.wiki.valid.imatrix")
+    im = imx.load(shared_data("smollm2-135m.wiki.valid.imatrix"))
     assert len(im) == 210 and im.chunk_count == 40 and im.datasets == ["wiki.valid.raw"]
     assert im.importance("blk.0.ffn_down.weight").shape == (1536,)
 

@@ -1,15 +1,13 @@
 """KL-divergence: the compact base file against full float64 KLD, the statistics, and refusals."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from lowbit.eval.kld import BaseFile, BaseWriter, KLDError, KLDStats, kl_rows
 from lowbit.eval.perplexity import log_softmax_rows
 
+from conftest import lowbit
 from synthetic import build_model
 
 
@@ -88,11 +86,6 @@ def test_base_from_another_model_or_text_is_refused(tmp_path, rng):
     (tmp_path / "cut.kld").write_bytes(raw[:100] + raw[-300:])
     with pytest.raises(KLDError, match="truncated"):
         BaseFile(tmp_path / "cut.kld")
-
-
-def lowbit(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_base_then_divergence(tmp_path):

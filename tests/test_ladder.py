@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from lowbit.eval import ladder as L
 from lowbit.eval.report import _kld_for_plot, pareto
 
+from conftest import assert_one_sentence, lowbit
 from synthetic import build_model
 
 TEXT = "the cat sat on the mat and then the dog ate the cat. a bird sang on the tree. " * 30
@@ -92,10 +91,9 @@ def test_ladder_measures_resumes_and_reports(setup, tmp_path, monkeypatch):
 def test_cli_ladder_writes_report_and_plots(setup, tmp_path):
     model, text = setup
     out = tmp_path / "lad"
-    done = subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "ladder", str(model), "-f", str(text),
-                           "--calib", str(text), "--calib-chunks", "4", "--types", "Q8_0,Q3_K_M", "-o", str(out),
-                           "-c", "32", "--chunks", "2", "-t", "1", "--bench-prompt", "8", "--bench-gen", "4",
-                           "--bench-reps", "1", "--delete-files"], capture_output=True, text=True, timeout=600)
+    done = lowbit("ladder", model, "-f", text, "--calib", text, "--calib-chunks", "4", "--types", "Q8_0,Q3_K_M",
+                  "-o", out, "-c", "32", "--chunks", "2", "-t", "1", "--bench-prompt", "8", "--bench-gen", "4",
+                  "--bench-reps", "1", "--delete-files")
     assert done.returncode == 0, done.stderr
     report = (out / "report.md").read_text()
     assert "| Q8_0 | yes |" in report and "| Q3_K_M | yes |" in report and "m.gguf on t.txt" in report
@@ -112,6 +110,32 @@ def test_cli_ladder_writes_report_and_plots(setup, tmp_path):
 def test_cli_ladder_bad_input(setup, tmp_path, args, fragment):
     model, text = setup
     args = [a.format(text=text) for a in args]
-    done = subprocess.run([sys.executable, "-m", "lowbit.eval.cli", "ladder", str(model), "-f", str(text),
-                           "-o", str(tmp_path / "x"), *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and fragment in done.stderr and "Traceback" not in done.stderr
+    assert_one_sentence(lowbit("ladder", model, "-f", text, "-o", tmp_path / "x", *args), fragment)
+
+
+def test_committed_results_resume_with_relative_paths(tmp_path):
+    """docs/main-job was made by the README's command: its results.json (paths relative to its
+    folder, the model by name) matches that command's settings, so a rerun resumes it."""
+    import shutil
+    from pathlib import Path
+
+    from lowbit.eval.model_store import cached_path
+    committed = Path(__file__).resolve().parent.parent / "docs" / "main-job" / "results.json"
+    out = tmp_path / "ladder-smollm2"
+    out.mkdir()
+    shutil.copy(committed, out / "results.json")
+    cfg = L.LadderConfig(model=cached_path("smollm2-135m"), eval_text=Path("wiki.test.raw"), out_dir=out,
+                         types=["Q8_0"], calib_text=Path("wiki.valid.raw"), chunks=40)
+    assert L.load_results(cfg) == json.loads(committed.read_text())
+
+
+def test_absolute_paths_of_older_results_become_relative(setup, tmp_path):
+    model, text = setup
+    out = tmp_path / "old"
+    out.mkdir()
+    cfg = config(setup, out)
+    old = {"settings": {**cfg.settings(), "model": str(model), "imatrix": str(out / "imatrix.gguf")},
+           "base": {"file": str(model)}, "entries": {"Q8_0/imatrix": {"file": str(out / "m-Q8_0.gguf")}}}
+    (out / "results.json").write_text(json.dumps(old))
+    data = L.load_results(cfg)
+    assert data["settings"] == cfg.settings() and data["entries"]["Q8_0/imatrix"]["file"] == "m-Q8_0.gguf"

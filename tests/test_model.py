@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lowbit.runtime.config import ModelError
+from lowbit.runtime.config import ContextFullError, ModelError
 from lowbit.runtime.generate import GenerationStats, generate_tokens
 from lowbit.runtime.model import Model
 from lowbit.runtime.sampling import Sampler, SamplerSettings
@@ -101,7 +101,7 @@ def test_context_overflow_and_empty_input(models):
     tok = Tokenizer(model.gguf.metadata)
     with pytest.raises(ModelError, match="prompt is empty"):
         list(generate_tokens(model, tok, [], cache, 4, Sampler(), GenerationStats()))
-    with pytest.raises(ModelError, match="raise -c or shorten the prompt"):
+    with pytest.raises(ContextFullError, match="the prompt needs .* tokens but the context holds 8"):
         list(generate_tokens(model, tok, PROMPT, cache, 4, Sampler(), GenerationStats()))
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +9,9 @@ from lowbit.eval.perplexity import PerplexityError, chunk_tokens, perplexity
 from lowbit.runtime.model import Model
 from lowbit.runtime.tokenizer import Tokenizer
 
-from conftest import real_model
+from conftest import real_model, shared_data
 from reference_model import ReferenceModel
 from synthetic import build_model
-
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def test_chunks_overwrite_the_first_token_with_bos():
@@ -55,7 +52,7 @@ def test_perplexity_equals_reference_nll(tmp_path, add_bos):
 def test_smollm2_perplexity_matches_the_exact_weights_reference(chunks, reference):
     model = Model.load(real_model("smollm2-135m"))
     tok = Tokenizer(model.gguf.metadata)
-    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
+    text = shared_data("wiki.test.raw").read_text(encoding="utf-8")
     res = perplexity(model, tok, text, n_ctx=512, n_chunks=chunks)
     assert res.n_scored == 255 * chunks
     assert res.ppl == pytest.approx(reference, rel=0.002)
@@ -65,6 +62,6 @@ def test_smollm2_perplexity_matches_the_exact_weights_reference(chunks, referenc
 def test_gemma3_perplexity_matches_the_exact_weights_reference():
     model = Model.load(real_model("gemma3-270m"))
     tok = Tokenizer(model.gguf.metadata)
-    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
+    text = shared_data("wiki.test.raw").read_text(encoding="utf-8")
     res = perplexity(model, tok, text, n_ctx=512, n_chunks=2)
     assert res.ppl == pytest.approx(15.565, rel=0.002)

@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import gguf
 import numpy as np
 import pytest
@@ -13,17 +10,13 @@ from lowbit.quant.recipes import ModelShape, PlanOptions, RecipeError, plan, use
 from lowbit.quant.writer import TensorSpec, write_gguf
 from lowbit.runtime.model import Model
 
+from conftest import lowbit
 from synthetic import build_model
 
 
 @pytest.fixture(scope="module")
 def f32_model(tmp_path_factory):
     return build_model(tmp_path_factory.mktemp("q") / "f32.gguf", "llama", "F32", embd_type="F32", n_layer=8)
-
-
-def lowbit(*args):
-    return subprocess.run([sys.executable, "-m", "lowbit.eval.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
 
 
 def test_writer_copies_a_file_byte_for_byte(f32_model, tmp_path):

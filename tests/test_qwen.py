@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,9 @@ from lowbit.runtime.model import Model
 from lowbit.runtime.sampling import Sampler, SamplerSettings
 from lowbit.runtime.tokenizer import Tokenizer
 
-from conftest import real_model
+from conftest import real_model, shared_data
 from reference_model import ReferenceModel
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 NAME = "qwen2.5-coder-1.5b"
 
 pytestmark = pytest.mark.real
@@ -33,8 +31,8 @@ def qwen():
 
 def test_ids_equal_llama_cpp_on_all_of_wiki_test(qwen):
     _, _, tok = qwen
-    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
-    want = json.loads(gzip.open(DATA / f"wiki.test.{NAME}.ids.gz").read())
+    text = shared_data("wiki.test.raw").read_text(encoding="utf-8")
+    want = json.loads(gzip.open(shared_data(f"wiki.test.{NAME}.ids.gz")).read())
     got = tok.encode(text)
     assert len(got) == len(want) == 299078
     assert got == want

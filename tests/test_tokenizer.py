@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +9,8 @@ import pytest
 from lowbit.quant.gguffile import open_gguf
 from lowbit.runtime.tokenizer import Tokenizer, TokenizerError
 
-from conftest import real_model
+from conftest import real_model, shared_data
 from synthetic import build_model
-
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +51,8 @@ def test_unknown_pre_tokenizer_and_model_are_refused(tmp_path):
 @pytest.mark.real
 def test_smollm2_ids_equal_llama_cpp_on_all_of_wiki_test():
     tok = Tokenizer(open_gguf(real_model("smollm2-135m")).metadata)
-    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
-    want = json.loads(gzip.open(DATA / "wiki.test.smollm2-135m.ids.gz").read())
+    text = shared_data("wiki.test.raw").read_text(encoding="utf-8")
+    want = json.loads(gzip.open(shared_data("wiki.test.smollm2-135m.ids.gz")).read())
     got = tok.encode(text)
     assert len(got) == len(want) == 303415
     assert got == want
@@ -101,8 +98,8 @@ def test_spm_space_prefix():
 @pytest.mark.real
 def test_gemma3_ids_equal_llama_cpp_on_all_of_wiki_test():
     tok = Tokenizer(open_gguf(real_model("gemma3-270m")).metadata)
-    text = (DATA / "wiki.test.raw").read_text(encoding="utf-8")
-    want = json.loads(gzip.open(DATA / "wiki.test.gemma3-270m.ids.gz").read())
+    text = shared_data("wiki.test.raw").read_text(encoding="utf-8")
+    want = json.loads(gzip.open(shared_data("wiki.test.gemma3-270m.ids.gz")).read())
     got = tok.encode(text)
     assert len(got) == len(want) == 295216 and got[0] == tok.bos_id
     assert got == want

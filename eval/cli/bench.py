@@ -4,14 +4,15 @@ from __future__ import annotations
 import json
 
 from ..machine import check_threads
-from .common import UsageError, add_precision_args, progress_bar
+from ..progress import Progress
+from .common import UsageError, add_precision_args
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("bench", help="prompt processing and generation speed, as llama-bench",
                        epilog="-p, -n and -t take comma-separated lists. Each test runs once untimed "
-                              "first. numpy's BLAS (the attention) runs on --blas-threads, not -t: see "
-                              "eval/speed.py for why.")
+                              "first. -t is numba's threads, which run the whole forward pass; numpy's "
+                              "BLAS pool, which it does not use, is held at --blas-threads.")
     s.add_argument("models", nargs="+", metavar="MODEL")
     s.add_argument("-p", "--n-prompt", default="512", help="prompt lengths; 0 skips the test (default 512)")
     s.add_argument("-n", "--n-gen", default="128", help="tokens to generate; 0 skips the test (default 128)")
@@ -52,7 +53,7 @@ def run(args) -> int:
     paths = [resolve_model(m) for m in args.models]
     for path in paths:
         read_config(open_gguf(path))  # a missing, broken or unsupported file fails here, not midway
-    bar = progress_bar("bench", total=len(paths) * len(threads) * len(tests) * (reps + 1), unit="run")
+    bar = Progress("bench", total=len(paths) * len(threads) * len(tests) * (reps + 1), unit="runs")
 
     def progress(stage, n):
         if stage:

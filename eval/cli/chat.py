@@ -5,8 +5,13 @@ import sys
 
 from ..machine import set_threads
 from ..loading import load_model
-from .common import Stopwatch, add_precision_args, report_load
+from .common import Stopwatch, add_precision_args, report_load, sentence
 from .generate import add_sampling_args, sampler_from
+
+
+def chat_hints():
+    from lowbit.runtime.config import ContextFullError
+    return ((ContextFullError, "start a new chat (/clear) or raise -c"),)
 
 
 def add_parser(sub) -> None:
@@ -54,7 +59,7 @@ def run(args) -> int:
         except KeyboardInterrupt:
             print("\n[answer stopped]", file=sys.stderr)
         except ModelError as e:
-            print(f"\n[{e}]", file=sys.stderr)
+            print(f"\n[{sentence(e, chat_hints())}]", file=sys.stderr)
             continue
         n = session.stats.generated_tokens - before[0]
         secs = session.stats.generate_seconds - before[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..loading import check_output_dir, load_model, read_text
 from ..machine import set_threads
-from .common import progress_bar
+from ..progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,7 @@ def run(args) -> int:
     check_output_dir(out, "output")
     text = read_text(args.file)
     model, tokenizer = load_model(args.model)
-    bar = progress_bar("imatrix", unit="chunk")
+    bar = Progress("imatrix", unit="chunks")
 
     def step(i, n):
         bar.total = n

@@ -1,11 +1,11 @@
 """`lowbit ladder`: quantize a model to many types and measure each (eval/ladder.py)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..machine import set_threads
-from .common import UsageError, progress_bar
+from ..progress import Progress
+from .common import UsageError
 
 
 def add_parser(sub) -> None:
@@ -58,15 +58,8 @@ def run(args) -> int:
         keep_files=not args.delete_files, allocate=floats(args.allocate, "--allocate"),
         sensitivity_tokens=args.sensitivity_tokens)
     set_threads(args.threads)
-    bar = progress_bar("ladder", unit="stage")
-
-    def stage(text):
-        bar.set_description_str(f"ladder: {text}")
-        bar.update(1)
-        if not sys.stderr.isatty():
-            print(f"ladder: {text}", file=sys.stderr, flush=True)
-
-    data = Ladder(cfg, stage, set_threads).run()
+    bar = Progress("ladder", unit="stages")
+    data = Ladder(cfg, bar.stage, set_threads).run()
     bar.close()
     report = write_report(data, cfg.out_dir, describe(args.threads))
     print(report.read_text())

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..loading import load_model, read_text
 from ..machine import set_threads
-from .common import PRECISION_NOTE, UsageError, add_precision_args, progress_bar
+from ..progress import Progress
+from .common import PRECISION_NOTE, UsageError, add_precision_args
 
 
 def add_parser(sub) -> None:
@@ -36,11 +37,11 @@ def run(args) -> int:
         raise UsageError("--kl-divergence needs --kl-divergence-base FILE (made by a run without --kl-divergence)")
     text = read_text(args.file)
     model, tokenizer = load_model(args.model, args.precision)
-    bar = progress_bar("perplexity", unit="chunk", disable=args.json)
+    bar = Progress("perplexity", unit="chunks", disable=args.json)
 
     def progress(i, n, ppl):
         bar.total = n
-        bar.set_postfix(ppl=f"{ppl:.4f}")
+        bar.set_postfix_str(f"PPL {ppl:.4f}")
         bar.update(1)
 
     kld = None

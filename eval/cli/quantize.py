@@ -5,7 +5,8 @@ from pathlib import Path
 
 from ..loading import check_output_dir, read_text
 from ..machine import set_threads
-from .common import UsageError, progress_bar
+from ..progress import Progress
+from .common import UsageError
 
 
 def add_parser(sub) -> None:
@@ -64,7 +65,7 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     candidates = None
     if args.candidates:
         candidates = [by_name(t.strip()).name for t in args.candidates.split(",") if t.strip()]
-    bar = progress_bar("sensitivity", unit="step")
+    bar = Progress("sensitivity", unit="steps")
 
     def step(text):
         bar.set_postfix_str(text)
@@ -143,7 +144,7 @@ def run(args) -> int:
                          else recipe_for_budget(args, src, im))
         opts = PlanOptions(None, recipe=recipe)
     total = sum(t.n_elements for t in src.tensors.values())
-    bar = progress_bar(f"quantize {label}", total=total, unit="w", disable=args.dry_run)
+    bar = Progress(f"quantize {label}", total=total, unit="weights", disable=args.dry_run)
     summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
                              args.imatrix, progress=bar.update, split=split)
     bar.close()

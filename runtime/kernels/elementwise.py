@@ -71,6 +71,12 @@ def residual_norm(x, o, post_w, norm_w, eps, h=None):
     empty = _EMPTY
     if h is None and norm_w is not None:
         h = np.empty_like(x)
+    n = x.shape[-1]
+    if (x.ndim != 2 or o.shape != x.shape or (h is not None and h.shape != x.shape)
+            or any(w is not None and w.shape != (n,) for w in (post_w, norm_w))):
+        raise ValueError(f"residual_norm: shapes do not fit: x {x.shape}, o {o.shape}, "
+                         f"weights {None if post_w is None else post_w.shape} / "
+                         f"{None if norm_w is None else norm_w.shape}")
     residual_norm_kernel(x.shape[0] >= PARALLEL_TOKENS)(
         x, np.ascontiguousarray(o), empty if post_w is None else post_w,
         empty if norm_w is None else norm_w, float(eps), h if h is not None else x)
@@ -80,6 +86,8 @@ def residual_norm(x, o, post_w, norm_w, eps, h=None):
 def rms_norm(x, w, eps):
     """rmsnorm(x) * w for x (T, n), contiguous float32 out."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or w.shape != (x.shape[1],):
+        raise ValueError(f"rms_norm: shapes do not fit: x {x.shape}, w {w.shape}")
     h = np.empty_like(x)
     z = np.zeros_like(x)
     residual_norm_kernel(x.shape[0] >= PARALLEL_TOKENS)(z, x, _EMPTY, w, float(eps), h)
