@@ -7,11 +7,11 @@ the resident set once encoded, and the output goes straight to its file.
 from __future__ import annotations
 
 import time
-
-import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 
 from .decode import dequantize
