@@ -25,24 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench_kernels import timed  # noqa: E402
 from machine import describe  # noqa: E402
 from synthetic import encode_rows  # noqa: E402
 
 from lowbit.quant.types import by_name  # noqa: E402
 from lowbit.runtime.kernels import QuantMatrix  # noqa: E402
 from lowbit.runtime.kernels.packed import QuantizedActivations  # noqa: E402
-
-
-def best_time(fn, min_time=1.0, max_reps=400) -> float:
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
 
 def matrices(name, n_rows, n_cols, copies, rng):
     qtype = by_name(name)
@@ -80,8 +69,8 @@ def main(argv=None):
                 qa = QuantizedActivations(rng.standard_normal((n_tokens, n_cols)).astype(np.float32), args.planes)
                 out = np.empty((n_tokens, n_rows), np.float32)
                 run = lambda group: [m.matmul_quantized(qa, out) for m in group]
-                t = best_time(lambda: run(ms)) / args.copies
-                t_base = best_time(lambda: run(base)) / args.copies
+                t = timed(lambda: run(ms), 1.0, 400) / args.copies
+                t_base = timed(lambda: run(base), 1.0, 400) / args.copies
                 weights = n_rows * n_cols
                 print(f"| {name} | {n_rows} x {n_cols} | {n_tokens} | {ms[0].packed_bytes / weights:.3f} | "
                       f"{t * 1e3:.3f} | {t_base * 1e3:.3f} | {t_base / t:.2f} | {weights * n_tokens / t / 1e9:.1f} |",
