@@ -113,6 +113,12 @@ def pull(name: str, progress: bool = True) -> Path:
     return target
 
 
+def known_name(path) -> str | None:
+    """The name of the known model whose cached file `path` is, or None."""
+    path = Path(path).resolve()
+    return next((name for name in KNOWN_MODELS if cached_path(name).resolve() == path), None)
+
+
 def resolve_model(name_or_path: str) -> Path:
     """A path to a GGUF file: the argument itself if it names a file, else a known model."""
     path = Path(name_or_path)
