@@ -15,9 +15,10 @@ baseline time / lowbit time, both measured the same way in the same run.
 Quantized types run the integer kernels (runtime/kernels/packed.py) on weights repacked at
 first use (excluded from the timing, like the JIT; "B/w" is the repacked bytes per weight);
 the time includes quantizing the activations into P int8 planes (--planes, default the
-runtime's ACTIVATION_PLANES), as a product in the model pays it. --generic also times the
-float decode-and-dot kernels of runtime/kernels/fused.py (the kernels before the integer ones,
-still used for F32/F16/BF16) in the same run: "generic ms".
+runtime's ACTIVATION_PLANES), as a product in the model pays it. F32, F16 and BF16 run the float
+kernels (runtime/kernels/floats.py) on the weights in place. --generic also times the float
+decode-and-dot kernels of runtime/kernels/fused.py (the kernels every type ran before) in the
+same run: "generic ms".
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""What LLVM made of the hot loops: instruction counts of the integer kernel, the attention
-and the activation quantizer, compiled fresh (a temporary numba cache: cached code cannot be
-inspected).
+"""What LLVM made of the hot loops: instruction counts of the integer kernel, the float
+kernels, the attention and the activation quantizer, compiled fresh (a temporary numba cache:
+cached code cannot be inspected).
 
-    python bench/inspect_asm.py [--type Q4_K] [--planes 3] [--tokens 5] [--show-loop]
+    python bench/inspect_asm.py [--type Q4_K] [--planes 3] [--tokens 5] [--float F16] [--show-loop]
 
 Prints, per function, the vector instructions by count (zmm = 512-bit), and with --show-loop
 the innermost basic block that holds the most vpdpbusd / vfmadd instructions. --tokens 1 runs
@@ -22,6 +22,7 @@ os.environ["LOWBIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="lowbit-asm-")
 import numpy as np  # noqa: E402
 
 from lowbit.quant.types import by_name  # noqa: E402
+from lowbit.runtime.kernels import floats  # noqa: E402
 from lowbit.runtime.kernels.attention import attention_kernel, cache_length  # noqa: E402
 from lowbit.runtime.kernels.layout import GROUP, layout_of  # noqa: E402
 from lowbit.runtime.kernels.packed import packed_kernel, quantizer  # noqa: E402
@@ -59,6 +60,7 @@ def main(argv=None):
     p.add_argument("--type", default="Q4_K", help="a quantized type: its layout's kernel")
     p.add_argument("--planes", type=int, default=3)
     p.add_argument("--tokens", type=int, default=5)
+    p.add_argument("--float", default="F16", choices=sorted(floats.FORMATS), help="the float kernels' weight type")
     p.add_argument("--show-loop", action="store_true")
     args = p.parse_args(argv)
     lay = layout_of(by_name(args.type))
@@ -73,6 +75,18 @@ def main(argv=None):
     k(q, offs, qx, dx, isum, n_tokens, groups * GROUP, out)
     summary(f"integer kernel ({args.type}: {lay.weights.name} weights, {lay.scales.name} scales, sub-block "
             f"{lay.sub}, {args.planes} planes)", k.inspect_asm(k.signatures[0]), args.show_loop)
+
+    fmt = floats.FORMATS[args.float]
+    w = np.zeros((48, 256), np.float32 if args.float == "F32" else np.uint16)
+    xs = np.zeros((40, 256), np.float32)
+    floats.matmul(w, fmt, xs, np.zeros((40, 48), np.float32))
+    floats.matvec(w, fmt, xs[0], np.zeros(48, np.float32))
+    mm = floats.matmul_kernel(fmt, 2)
+    summary(f"float matrix-matrix kernel ({args.float}, 12 rows x 32 tokens)", mm.inspect_asm(mm.signatures[0]),
+            args.show_loop, hot=("vfmadd231ps",))
+    mv = floats.matvec_kernel(fmt)
+    summary(f"float matrix-vector kernel ({args.float})", mv.inspect_asm(mv.signatures[0]), args.show_loop,
+            hot=("vfmadd231ps",))
 
     a = attention_kernel(False)
     na = cache_length(64)

@@ -14,7 +14,9 @@ is reset before each model through /proc/self/clear_refs; where that is not allo
 process's peak so far, ru_maxrss). The GGUF file is memory-mapped, so the weights count in the
 resident set once their pages have been read.
 
-Threads: -t sets numba's pool, which runs every quantized matrix product. numpy's matmul, which
+Threads: -t sets numba's pool, which runs every matrix product; it is an upper bound, since each
+forward pass leaves out the cores other processes keep busy (runtime/threads.py), and the table
+says when that happened ("2 (1)": asked for 2, ran on 1). numpy's matmul, which
 the attention uses (runtime/ops.py), runs on OpenBLAS's own pool, sized to all cores by default
 whatever -t says. The two pools take turns (the forward pass is sequential), yet a second BLAS
 thread cost 2-3x on this 2-core machine while it was shared with other jobs (2026-11-25, SmolLM2,
@@ -208,6 +210,16 @@ def run_test(model, cache, tokens: np.ndarray, test: Test, reps: int, step: Call
     return seconds
 
 
+def threads_used(before: dict, after: dict, asked: int) -> dict[str, int]:
+    """Forward passes by the number of threads they ran on (runtime/threads.py lowers it when
+    other processes keep cores busy), between two snapshots of the counts."""
+    used = {}
+    for (a, u), n in after.items():
+        if a == asked and n > before.get((a, u), 0):
+            used[str(u)] = n - before.get((a, u), 0)
+    return used or {str(asked): 0}
+
+
 # -- start-up (a child process) ----------------------------------------------------------------
 
 def _kernel_files(root: Path) -> dict[str, float]:
@@ -327,6 +339,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
     import numba
 
     from lowbit.runtime.model import Model
+    from lowbit.runtime.threads import SHARE
 
     from .machine import cpu_name
 
@@ -360,7 +373,9 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                 numba.set_num_threads(n_threads)
                 for test in tests:
                     progress(f"{info.label} t={n_threads} {test.name}", 0)
+                    counts = dict(SHARE.counts)
                     seconds = run_test(model, cache, tokens, test, reps, lambda: progress("", 1))
+                    used = threads_used(counts, SHARE.counts, n_threads)
                     tps = [test.n / s for s in seconds]
                     avg_ts, std_ts = mean_std(tps)
                     avg_s, std_s = mean_std(seconds)
@@ -370,7 +385,7 @@ def bench(paths: list[Path], threads: list[int], prompts: list[int], gens: list[
                         "model_filename": str(info.path), "model_name": info.name, "model_arch": info.arch,
                         "model_type": info.label,
                         "file_type": info.file_type, "model_size": info.file_bytes, "model_n_params": info.n_params,
-                        "n_threads": numba.get_num_threads(), "test": test.name,
+                        "n_threads": numba.get_num_threads(), "threads_used": used, "test": test.name,
                         "n_prompt": test.n if test.kind == "pp" else 0, "n_gen": test.n if test.kind == "tg" else 0,
                         "reps": reps, "precision": precision, "test_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "avg_ns": round(avg_s * 1e9), "stddev_ns": round(std_s * 1e9),
@@ -406,12 +421,26 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
+def _threads_cell(r: dict) -> str:
+    """'2', or '2 (1)' when other processes' load made the passes run on 1 thread (all of them),
+    '2 (1: 40%)' for part of them."""
+    used = {int(k): n for k, n in r.get("threads_used", {}).items() if n}
+    asked = r["n_threads"]
+    if not used or set(used) == {asked}:
+        return str(asked)
+    total = sum(used.values())
+    fewer = sorted(u for u in used if u != asked)
+    if asked not in used and len(fewer) == 1:
+        return f"{asked} ({fewer[0]})"
+    return f"{asked} (" + ", ".join(f"{u}: {used[u] / total:.0%}" for u in fewer) + ")"
+
+
 def format_table(results: list[dict]) -> str:
     """The llama-bench markdown table, then memory, start-up and machine lines."""
     head = ["model", "size", "params", "type", "threads", "test", "t/s"]
     right = {"size", "params", "threads", "test", "t/s"}
     body = [[r["model_type"], _size(r["model_size"]), _count(r["model_n_params"]), r["file_type"],
-             str(r["n_threads"]), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in results]
+             _threads_cell(r), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
 
     def line(cells):
@@ -448,6 +477,9 @@ def format_table(results: list[dict]) -> str:
                 else "numpy's BLAS threads not controlled (no OpenBLAS found)")
         load = r.get("load_average")
         load = f"; load average {load[0]:.2f} before the runs" if load else ""
+        if any(_threads_cell(x) != str(x["n_threads"]) for x in results):
+            out.append("threads (N): the forward passes ran on N threads because other processes kept "
+                       "cores busy (runtime/threads.py)")
         out.append(f"machine: {r['cpu_info']}, {r['n_cores']} cores{load}; numba {threads} threads "
                    f"({r['numba_threading_layer']} layer), {blas}; lowbit {r['lowbit_version']}, "
                    f"Python {r['python_version']}, numpy {r['numpy_version']}, numba {r['numba_version']}, "

@@ -63,18 +63,3 @@ def packed_nibble(w, at, j):
     """Value j of 4-bit values packed two to a byte from `at`, low nibble first (the sub-block
     scales of IQ2_XS, IQ2_S, IQ3_S and IQ4_XS)."""
     return (w[at + j // 2] >> (4 * (j % 2))) & 15
-
-
-@intrinsic
-def f32_to_u32_bits(typingctx, value):
-    """The 32 bits of an f32 (as uint32)."""
-    if not isinstance(value, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = args[0]
-        if v.type != ir.FloatType():
-            v = builder.fptrunc(v, ir.FloatType())
-        return builder.bitcast(v, ir.IntType(32))
-
-    return types.uint32(value), codegen

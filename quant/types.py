@@ -20,12 +20,14 @@ class Packing:
 
     unpack(w, o, u, rec, y): njit; the block at byte o of the row w -> u (uint8[block_size])
         and rec (uint8[sum of the scale encoding's field widths]), the block's scale fields in
-        the encoding's order (f16 fields as the file's two bytes, codes as one byte each);
+        the encoding's order (f16 fields as the file's two bytes, codes as one byte each, or
+        two to a byte for the f16_nib_* encodings);
         y is float32[block_size] scratch for unpackers that go through the exact decoder.
     weights: the weight encoding that stores u (its bits per weight) and turns it into bytes
-        for vpdpbusd: "u8", "nib4", "nib5", "nib6", "crumb2", "crumb3", "lut4" (value = table[u]).
+        for vpdpbusd: "u8", "nib4", "nib5", "nib6", "crumb2", "crumb3", "lut4" (value = table[u]),
+        or a grid type's own ("iq2_xxs", ...: grid indices and sign bits, runtime/kernels/grids.py).
     scales: the scale encoding of rec: "f16", "f16_min", "e8m0", "f16_i8", "f16_u8_min",
-        "f16_nib_min", "f32".
+        "f16_nib_min", "f16_nib_quarter", "f16_nib_half", "f16_nib_odd".
     offset: OFF of a symmetric type (min = OFF * scale: value = q + OFF); -1: affine, min stored.
     table: for "lut4", the 16 values (0..255) that the codes 0..15 stand for.
     """

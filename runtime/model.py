@@ -18,6 +18,7 @@ from .kernels.packed import ACTIVATION_PLANES, PARALLEL_QUANTIZE_TOKENS
 from .kernels.attention import attention, cache_length
 from .kernels.elementwise import act_mul, qk_rope_store, residual_norm, rms_norm
 from .ops import rope_tables
+from .threads import threads_for_forward
 
 
 # Activation precision of the integer kernels (kernels/packed.py): "exact" quantizes activations
@@ -246,8 +247,13 @@ class Model:
         """Run `tokens` at positions cache.n_past.. and append them to the cache.
 
         Returns logits (float32) for the tokens from index `logits_from` on (default: the last
-        token only), shape (T - logits_from, n_vocab).
+        token only), shape (T - logits_from, n_vocab). Runs on numba's thread count, less the
+        cores other processes keep busy (runtime/threads.py).
         """
+        with threads_for_forward():
+            return self._forward(tokens, cache, logits_from)
+
+    def _forward(self, tokens, cache: KVCache, logits_from: int | None) -> np.ndarray:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         n_tokens = len(tokens)

@@ -139,10 +139,10 @@ def test_repacked_layout_decodes_to_the_exact_weights(qtype, rng):
     np.testing.assert_array_equal(w, m.dequantize())
 
 
-# Types still held above their file's bits: the i-quant grids and TQ1_0's base-3 packing are
-# unpacked to whole codes per weight until their in-register decoders exist (strict: an
-# xpass fails, so the list shrinks as they land).
-ABOVE_FILE_SIZE = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "TQ1_0"}
+# Types still held above their file's bits: TQ1_0's base-3 packing is unpacked to whole codes
+# per weight until its in-register decoder exists (strict: an xpass fails, so the list shrinks
+# as they land).
+ABOVE_FILE_SIZE = {"TQ1_0"}
 
 
 @pytest.mark.parametrize("qtype", [

@@ -16,7 +16,7 @@ from ..bits import f16, f16_bits_to_f32, u16
 from ..encode_helpers import f32_to_f16_bits, put_f16, put_u16, round_to_f16
 from ..tables import IQ1_DELTA, IQ1S_GRID
 from ..types import Packing, register
-from .unpacking import by_unit
+from .grid_codes import put_code, put_d, put_entry
 
 
 @njit(inline="always")
@@ -33,13 +33,19 @@ def iq1s_scale(w, o, ib):
 
 
 @njit(inline="always")
-def iq1m_d(w, o):
-    """IQ1_M's block scale: a float16 spread over the top nibbles of the four scale words."""
+def iq1m_d_bits(w, o):
+    """The bits of IQ1_M's block scale, a float16 spread over the top nibbles of the four scale words."""
     sc0 = u16(w, o + 48)
     sc1 = u16(w, o + 50)
     sc2 = u16(w, o + 52)
     sc3 = u16(w, o + 54)
-    return f16_bits_to_f32((sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000))
+    return (sc0 >> 12) | ((sc1 >> 8) & 0xF0) | ((sc2 >> 4) & 0xF00) | (sc3 & 0xF000)
+
+
+@njit(inline="always")
+def iq1m_d(w, o):
+    """IQ1_M's block scale."""
+    return f16_bits_to_f32(iq1m_d_bits(w, o))
 
 
 @njit(inline="always")
@@ -459,26 +465,32 @@ def encode_iq1_m(x, imp, out):
 
 
 # ---------------------------------------------------------------------------------------------
-# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
-# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
-# sub-block. A layout at the file's bit count decodes the grid in registers instead.
-# w = dl * (grid + delta) with delta = +-1/8: integers in units of dl / 8 (u in 7 .. 25).
+# Unpackers for the integer kernels (grid_codes.py says what they yield): index bits 8-10 from
+# qh, bit 11 the sign of the delta (set: -delta), as the kernels' table is laid out
 
 @njit(inline="always")
 def unpack_iq1_s(w, o, u, rec, y):
-    decode_iq1_s(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
     for ib in range(8):
-        by_unit(y, u, rec, ib, 32, d * np.float32(iq1s_scale(w, o, ib)) * np.float32(0.125), 16)
+        qh = u16(w, o + 34 + 2 * ib)
+        put_code(rec, ib, (qh >> 12) & 7)
+        for l in range(4):
+            index = w[o + 2 + 4 * ib + l] | (((qh >> (3 * l)) & 7) << 8) | ((qh >> 15) << 11)
+            put_entry(u, 32 * ib + 8 * l, 8, index, 0)
 
 
 @njit(inline="always")
 def unpack_iq1_m(w, o, u, rec, y):
-    decode_iq1_m(w, o, y)
-    d = iq1m_d(w, o)
+    # the 4 bits of qh per 8 weights are index bits 8-10 and the delta's sign, as the table wants
+    for i in range(32):
+        put_entry(u, 8 * i, 8, w[o + i] | (((w[o + 32 + i // 2] >> (4 * (i % 2))) & 15) << 8), 0)
     for j in range(16):
-        by_unit(y, u, rec, j, 16, d * np.float32(iq1m_scale(w, o, j)) * np.float32(0.125), 16)
+        put_code(rec, j, (u16(w, o + 48 + 2 * (j // 4)) >> (3 * (j % 4))) & 7)
+    d = iq1m_d_bits(w, o)
+    rec[0] = d & 255
+    rec[1] = d >> 8
 
 
-IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s, Packing("nib5", "f32", 32, 16, unpack_iq1_s))
-IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m, Packing("nib6", "f32", 16, 16, unpack_iq1_m))
+# u: the index bits of grid_codes.py (no signs); scale codes in nibbles, u in units of d (2c + 1) / 8
+IQ1_S = register("IQ1_S", "iq1", decode_iq1_s, encode_iq1_s, Packing("iq1_s", "f16_nib_quarter", 32, 16, unpack_iq1_s))
+IQ1_M = register("IQ1_M", "iq1", decode_iq1_m, encode_iq1_m, Packing("iq1_m", "f16_nib_quarter", 16, 16, unpack_iq1_m))

@@ -27,7 +27,7 @@ from ..bits import f16, packed_nibble, u16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f16
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
 from ..types import Packing, register
-from .unpacking import by_unit
+from .grid_codes import put_code, put_d, put_entry
 
 
 @njit(inline="always")
@@ -480,35 +480,40 @@ def encode_iq2_s(x, imp, out):
 
 
 # ---------------------------------------------------------------------------------------------
-# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
-# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
-# sub-block. A layout at the file's bit count decodes the grid in registers instead.
+# Unpackers for the integer kernels (grid_codes.py says what they yield)
 
 @njit(inline="always")
 def unpack_iq2_xxs(w, o, u, rec, y):
-    decode_iq2_xxs(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
     for ib in range(8):
-        by_unit(y, u, rec, ib, 32, iq2_scale(d, u32(w, o + 2 + 8 * ib + 4) >> 28), 64)
+        at = o + 2 + 8 * ib
+        aux = u32(w, at + 4)
+        put_code(rec, ib, aux >> 28)
+        for l in range(4):
+            put_entry(u, 32 * ib + 8 * l, 8, w[at + l], KSIGNS[(aux >> (7 * l)) & 127])
 
 
 @njit(inline="always")
 def unpack_iq2_xs(w, o, u, rec, y):
-    decode_iq2_xs(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
+    for i in range(32):
+        q = u16(w, o + 2 + 2 * i)
+        put_entry(u, 8 * i, 8, q & 511, KSIGNS[q >> 9])
     for j in range(16):
-        by_unit(y, u, rec, j, 16, iq2_scale(d, packed_nibble(w, o + 66, j)), 64)
+        put_code(rec, j, packed_nibble(w, o + 66, j))
 
 
 @njit(inline="always")
 def unpack_iq2_s(w, o, u, rec, y):
-    decode_iq2_s(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
+    for i in range(32):
+        index = w[o + 2 + i] | (((w[o + 66 + i // 4] >> (2 * (i % 4))) & 3) << 8)
+        put_entry(u, 8 * i, 8, index, w[o + 34 + i])
     for j in range(16):
-        by_unit(y, u, rec, j, 16, iq2_scale(d, packed_nibble(w, o + 74, j)), 64)
+        put_code(rec, j, packed_nibble(w, o + 74, j))
 
 
-# u in 21 .. 107
-IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs, Packing("u8", "f32", 32, 64, unpack_iq2_xxs))
-IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs, Packing("u8", "f32", 16, 64, unpack_iq2_xs))
-IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s, Packing("u8", "f32", 16, 64, unpack_iq2_s))
+# u: the sign and index bits of grid_codes.py; scale codes in nibbles
+IQ2_XXS = register("IQ2_XXS", "iq2", decode_iq2_xxs, encode_iq2_xxs, Packing("iq2_xxs", "f16_nib_quarter", 32, 64, unpack_iq2_xxs))
+IQ2_XS = register("IQ2_XS", "iq2", decode_iq2_xs, encode_iq2_xs, Packing("iq2_xs", "f16_nib_quarter", 16, 64, unpack_iq2_xs))
+IQ2_S = register("IQ2_S", "iq2", decode_iq2_s, encode_iq2_s, Packing("iq2_s", "f16_nib_quarter", 16, 64, unpack_iq2_s))

@@ -28,7 +28,7 @@ from ..bits import f16, packed_nibble, u32
 from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
 from ..types import Packing, register
-from .unpacking import by_unit
+from .grid_codes import put_code, put_d, put_entry
 
 
 @njit(inline="always")
@@ -346,26 +346,30 @@ def encode_iq3_s(x, imp, out):
 
 
 # ---------------------------------------------------------------------------------------------
-# Unpackers for the integer kernels (Packing in quant/types.py), for now through the exact
-# decoder: u = round(w / unit) + OFF in a byte per weight (or 5/6 bits), a float32 unit per
-# sub-block. A layout at the file's bit count decodes the grid in registers instead.
+# Unpackers for the integer kernels (grid_codes.py says what they yield)
 
 @njit(inline="always")
 def unpack_iq3_xxs(w, o, u, rec, y):
-    decode_iq3_xxs(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
     for ib in range(8):
-        by_unit(y, u, rec, ib, 32, iq3xxs_scale(d, u32(w, o + 66 + 4 * ib)), 64)
+        aux = u32(w, o + 66 + 4 * ib)
+        put_code(rec, ib, aux >> 28)
+        for l in range(4):
+            signs = KSIGNS[(aux >> (7 * l)) & 127]
+            for h in range(2):
+                put_entry(u, 32 * ib + 8 * l + 4 * h, 4, w[o + 2 + 8 * ib + 2 * l + h], signs >> (4 * h))
 
 
 @njit(inline="always")
 def unpack_iq3_s(w, o, u, rec, y):
-    decode_iq3_s(w, o, y)
-    d = f16(w, o)
+    put_d(rec, w, o)
+    for i in range(64):
+        index = w[o + 2 + i] | (((w[o + 66 + i // 8] >> (i % 8)) & 1) << 8)
+        put_entry(u, 4 * i, 4, index, w[o + 74 + i // 2] >> (4 * (i % 2)))
     for j in range(8):
-        by_unit(y, u, rec, j, 32, d * np.float32(1 + 2 * packed_nibble(w, o + 106, j)), 16)
+        put_code(rec, j, packed_nibble(w, o + 106, j))
 
 
-# IQ3_XXS: u in 2 .. 126; IQ3_S: u in 1 .. 31
-IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs, Packing("u8", "f32", 32, 64, unpack_iq3_xxs))
-IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s, Packing("nib5", "f32", 32, 16, unpack_iq3_s))
+# u: the sign and index bits of grid_codes.py; scale codes in nibbles
+IQ3_XXS = register("IQ3_XXS", "iq3", decode_iq3_xxs, encode_iq3_xxs, Packing("iq3_xxs", "f16_nib_half", 32, 64, unpack_iq3_xxs))
+IQ3_S = register("IQ3_S", "iq3", decode_iq3_s, encode_iq3_s, Packing("iq3_s", "f16_nib_odd", 32, 16, unpack_iq3_s))

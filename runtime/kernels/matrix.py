@@ -13,6 +13,7 @@ from lowbit.quant.decode import dequantize
 from lowbit.quant.tensor_bytes import as_block_rows
 from lowbit.quant.types import QuantType
 
+from . import floats
 from .fused import matmul_kernel, matvec_kernel
 from .layout import GROUP, layout_of
 from .packed import ACTIVATION_PLANES, QuantizedActivations, packed_kernel
@@ -53,8 +54,10 @@ class QuantMatrix:
         self.rows = as_block_rows(raw, qtype, n_rows, n_cols)
         self._chunk = qtype.decode_chunk(n_cols)
         # Quantized types run the integer kernels over a repacked copy (built on first use);
-        # the float types keep the generic decode-and-dot kernels.
+        # the float types (rows of 16 or more) the float kernels over the file's bytes in place.
         self.layout = layout_of(qtype)
+        self._float = floats.weight_format(qtype) if n_cols >= floats.MIN_COLS else None
+        self._weights = floats.weight_view(self.rows, self._float) if self._float is not None else None
         self._packed = None
         self._offsets = None
         self._calls = {}
@@ -113,6 +116,9 @@ class QuantMatrix:
             out = np.empty(self.n_rows, dtype=np.float32)
         if self.integer:
             return self.matmul_quantized(QuantizedActivations(x[None, :]), out.reshape(1, -1)).reshape(-1)
+        if self._float is not None:
+            floats.matvec(self._weights, self._float, x, out)
+            return out
         matvec_kernel(self.qtype)(self.rows, x, self._chunk, out)
         return out
 
@@ -123,6 +129,9 @@ class QuantMatrix:
             out = np.empty((xs.shape[0], self.n_rows), dtype=np.float32)
         if self.integer:
             return self.matmul_quantized(QuantizedActivations(xs), out)
+        if self._float is not None:
+            floats.matmul(self._weights, self._float, xs, out)
+            return out
         matmul_kernel(self.qtype)(self.rows, xs, self._chunk, out)
         return out
 

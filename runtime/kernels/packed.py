@@ -46,7 +46,7 @@ from .layout import GROUP, Layout
 from .simd import store_bytes64
 from .simd import (add_i32x16, dot_u8s8, fma_f32x16, load1, load_bytes64, load_f32x16,
                    max_abs2_f32x16, max_f32x16, min_f32x16, mul_f32x16, reduce_add_i32x16,
-                   rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, splat_i32, store_f32x16, store_i8x16,
+                   rint_f32x16, shl_i32x16, splat_bytes4, splat_f32, store_f32x16, store_i8x16,
                    sub_f32x16, sub_i32x16, to_f32x16, to_i32x16, zeros_f32x16, zeros_i32x16)
 
 QBLOCK = 32      # activation quantization block
@@ -145,7 +145,7 @@ def packed_kernel(key: tuple, planes: int):
     """out (T, N) = W x for W in a layout with this kernel_key (layout.py), P activation planes:
     kernel(q, offsets, qx, dx, isum, n_tokens, n_rows, out)."""
     layout = Layout(*key[:4], offset=-1 if key[4] else 0)
-    step_weights = layout.weights.step
+    step_pair = layout.weights.pairs
     scale_of = layout.scales.scale
     min_of = layout.scales.minimum
     affine = layout.affine
@@ -194,8 +194,10 @@ def packed_kernel(key: tuple, planes: int):
         decoding is paid once per group, not per token."""
         for blk in range(n_blk):
             base = blk * block_bytes
-            for s in range(nsteps):
-                store_bytes64(tile, (blk * nsteps + s) * 64, step_weights(qg, base, nsteps, s))
+            for s in range(0, nsteps, 2):
+                wa, wb = step_pair(qg, base, nsteps, s)
+                store_bytes64(tile, (blk * nsteps + s) * 64, wa)
+                store_bytes64(tile, (blk * nsteps + s + 1) * 64, wb)
             for j in range(n_sub):
                 at = (blk * n_sub + j) * GROUP
                 store_f32x16(sct, at, scale_of(qg, base + weight_bytes, n_sub, j))
@@ -323,8 +325,7 @@ def packed_kernel(key: tuple, planes: int):
                         k0 = (blk * n_sub + jj) * sub
                         for s in range(0, steps, 2):
                             k = k0 + 4 * s
-                            wa = step_weights(qg, base, nsteps, jj * steps + s)
-                            wb = step_weights(qg, base, nsteps, jj * steps + s + 1)
+                            wa, wb = step_pair(qg, base, nsteps, jj * steps + s)
                             i0 = dot_u8s8(i0, wa, splat_bytes4(p1, x0 + k))
                             i1 = dot_u8s8(i1, wb, splat_bytes4(p1, x0 + k + 4))
                             if planes >= 2:

@@ -9,8 +9,11 @@ as 16 rows x its width, so that a field of the 16 rows is one vector load:
     f16_i8       d | code[n_sub] (int8)             scale = d * code       (Q3_K, Q6_K, IQ4_XS)
     f16_u8_min   d | dmin | sc[n_sub] | m[n_sub]    scale = d * sc, min = dmin * m  (Q4_K, Q5_K)
     f16_nib_min  d | dmin | b[n_sub]                scale = d * (b & 15), min = dmin * (b >> 4) (Q2_K)
-    f32          unit[n_sub] (float32)              scale = unit           (types unpacked
-                                                                           through their decoder)
+    f16_nib_quarter  d | 4-bit codes, 8 to a field  scale = d (c + 1/2) / 4  (IQ2_*; IQ1_*: d (2c + 1) / 8)
+    f16_nib_half     d | 4-bit codes, 8 to a field  scale = d (c + 1/2) / 2  (IQ3_XXS)
+    f16_nib_odd      d | 4-bit codes, 8 to a field  scale = d (2c + 1)       (IQ3_S)
+      (each 4-byte field holds a row's codes of 8 sub-blocks, sub-block k in bits 4k .. 4k + 3:
+      the 16 rows' field is one 64-byte vector, row r in i32 lane r)
 
 Each encoding gives fields(n_sub) (the widths in bytes, in order) and two njit decoders,
 scale(q, at, n_sub, j) and minimum(q, at, n_sub, j) -> f32x16 (sub-block j's 16 values; `at`
@@ -21,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from numba import njit
 
-from .simd import (and_i32x16, e8m0_half_f32x16, load_f16x16, load_f32x16, load_i8x16, load_u8x16,
-                   mul_f32x16, shift_i32x16, splat_i32, to_f32x16, zeros_f32x16)
+from .simd import (add_f32x16, and_i32x16, e8m0_half_f32x16, load_bytes64, load_f16x16, load_i8x16,
+                   load_u8x16, mul_f32x16, shift_i32x16, splat_f32, splat_i32, to_f32x16, zeros_f32x16)
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,21 @@ def _f16_nib_min(q, at, n_sub, j):
     return mul_f32x16(load_f16x16(q, at + 32), to_f32x16(shift_i32x16(b, -4)))
 
 
-@njit(inline="always")
-def _f32_scale(q, at, n_sub, j):
-    return load_f32x16(q, at + 64 * j)
+def _nib_codes(mul: float, add: float):
+    """scale = d (mul c + add) for the 4-bit code c of sub-block j: the product the grid types'
+    decoders compute (mul c + add is exact; one rounding in the multiply by d)."""
+    @njit(inline="always")
+    def scale(q, at, n_sub, j):
+        codes = load_bytes64(q, at + 32 + 64 * (j // 8))
+        c = to_f32x16(and_i32x16(shift_i32x16(codes, -4 * (j % 8)), splat_i32(15)))
+        m = mul_f32x16(c, splat_f32(np.float32(mul)))
+        return mul_f32x16(add_f32x16(m, splat_f32(np.float32(add))), load_f16x16(q, at))
+
+    return scale
+
+
+def _nib_fields(n_sub: int) -> tuple[int, ...]:
+    return (2,) + (4,) * (n_sub // 8)
 
 
 SCALE_CODES = {c.name: c for c in (
@@ -98,5 +114,7 @@ SCALE_CODES = {c.name: c for c in (
     ScaleCode("f16_i8", lambda n: (2,) + (1,) * n, _f16_i8_scale, _none),
     ScaleCode("f16_u8_min", lambda n: (2, 2) + (1,) * (2 * n), _f16_u8_scale, _f16_u8_min),
     ScaleCode("f16_nib_min", lambda n: (2, 2) + (1,) * n, _f16_nib_scale, _f16_nib_min),
-    ScaleCode("f32", lambda n: (4,) * n, _f32_scale, _none),
+    ScaleCode("f16_nib_quarter", _nib_fields, _nib_codes(0.25, 0.125), _none),
+    ScaleCode("f16_nib_half", _nib_fields, _nib_codes(0.5, 0.25), _none),
+    ScaleCode("f16_nib_odd", _nib_fields, _nib_codes(2.0, 1.0), _none),
 )}

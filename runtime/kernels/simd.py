@@ -50,6 +50,23 @@ HAS_VNNI512 = host_has_vnni512()
 HAS_AVX512BW = bool(_host_features().get("avx512bw"))
 
 
+def host_has_f16c() -> bool:
+    """True if numba compiles for this machine's CPU and it converts halves in hardware (F16C).
+    Without it LLVM lowers a half-to-float conversion to a runtime call that numba's JIT does
+    not provide, so the kernels take an integer path instead (NUMBA_CPU_NAME=generic, for a
+    cache shared between machines, is such a target)."""
+    import numba
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("f16c"))
+    except RuntimeError:
+        return False
+
+
+HAS_F16C = host_has_f16c()
+
+
 class VecType(types.Type):
     def __init__(self, name: str, llvm_type):
         self.llvm_type = llvm_type
@@ -139,18 +156,65 @@ def load_f32x16(typingctx, arr, index):
     return f32x16(arr, index), codegen
 
 
+def _half_to_float_bits(builder, bits):
+    """IEEE halves (<16 x i16>) as float32, exactly, with integer operations and one float
+    subtraction (any target): the exponent and mantissa move into float32's fields and the
+    exponent is rebased; infinities and NaNs rebase to float32's top exponent; subnormals (and
+    zero) are made normal at 2^-14 (1 + m) and 2^-14 taken off."""
+    def splat(v):
+        return ir.Constant(_V16I32, [v] * 16)
+    h = builder.zext(bits, _V16I32)
+    sign = builder.shl(builder.and_(h, splat(0x8000)), splat(16))
+    em = builder.shl(builder.and_(h, splat(0x7FFF)), splat(13))
+    exp = builder.and_(em, splat(0x0F800000))
+    normal = builder.add(em, splat(112 << 23))
+    special = builder.add(em, splat(224 << 23))
+    tiny = builder.fsub(builder.bitcast(builder.add(em, splat(113 << 23)), _V16F32),
+                        builder.bitcast(splat(113 << 23), _V16F32))
+    out = builder.select(builder.icmp_unsigned("==", exp, splat(0x0F800000)), special, normal)
+    out = builder.select(builder.icmp_unsigned("==", exp, splat(0)), builder.bitcast(tiny, _V16I32), out)
+    return builder.bitcast(builder.or_(out, sign), _V16F32)
+
+
+def _make_load_f16(hardware: bool):
+    @intrinsic
+    def load(typingctx, arr, index):
+        if not (_is_array(arr, (types.uint16, types.uint8)) and isinstance(index, types.Integer)):
+            return None
+        align = 2 if arr.dtype == types.uint16 else 1
+
+        def codegen(context, builder, sig, args):
+            if hardware:
+                v16h = ir.VectorType(ir.HalfType(), 16)
+                halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=align)
+                return builder.fpext(halves, _V16F32)
+            v16i16 = ir.VectorType(ir.IntType(16), 16)
+            bits = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i16), align=align)
+            return _half_to_float_bits(builder, bits)
+
+        return f32x16(arr, index), codegen
+    return load
+
+
+# load_f16x16(arr, index): 16 consecutive IEEE halves from element `index` of a uint16 array (or
+# byte `index` of a uint8 array), widened to float32, exactly: vcvtph2ps where the CPU has F16C, else integer operations (the
+# two are held equal over all 65536 halves by a test).
+load_f16x16_generic = _make_load_f16(False)
+load_f16x16 = _make_load_f16(True) if HAS_F16C else load_f16x16_generic
+
+
 @intrinsic
-def load_f16x16(typingctx, arr, index):
-    """16 consecutive IEEE halves from element `index` of a uint16 array (or byte `index` of a
-    uint8 array), widened to float32 (exact; vcvtph2ps with F16C/AVX-512)."""
-    if not (_is_array(arr, (types.uint16, types.uint8)) and isinstance(index, types.Integer)):
+def load_bf16x16(typingctx, arr, index):
+    """16 consecutive bfloat16 (stored as uint16) from element `index`, widened to float32
+    (exact: the 16 bits become the high half of each float's bits; vpmovzxwd + vpslld)."""
+    if not (_is_array(arr, (types.uint16,)) and isinstance(index, types.Integer)):
         return None
-    align = 2 if arr.dtype == types.uint16 else 1
 
     def codegen(context, builder, sig, args):
-        v16h = ir.VectorType(ir.HalfType(), 16)
-        halves = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16h), align=align)
-        return builder.fpext(halves, _V16F32)
+        v16i16 = ir.VectorType(ir.IntType(16), 16)
+        bits = builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], v16i16), align=2)
+        wide = builder.shl(builder.zext(bits, _V16I32), ir.Constant(_V16I32, [16] * 16))
+        return builder.bitcast(wide, _V16F32)
 
     return f32x16(arr, index), codegen
 
@@ -192,8 +256,6 @@ def e8m0_half_f32x16(typingctx, e):
 
     return f32x16(e), codegen
 
-    return f32x16(arr, index), codegen
-
 
 @intrinsic
 def store_f32x16(typingctx, arr, index, v):
@@ -206,6 +268,40 @@ def store_f32x16(typingctx, arr, index, v):
         return context.get_dummy_value()
 
     return types.none(arr, index, v), codegen
+
+
+@intrinsic
+def transpose_f32_16x16(typingctx, src, src_index, src_stride, dst, dst_index, dst_stride):
+    """dst[dst_index + c * dst_stride + r] = src[src_index + r * src_stride + c] for r, c < 16:
+    a 16 x 16 block of float32 transposed in registers (16 loads, four rounds of 16 two-vector
+    shuffles, 16 stores). Round h swaps, between rows i and i + h (i without bit h), the
+    columns with bit h set in row i and those without it in row i + h."""
+    f32_arrays = (types.float32,)
+    if not (_is_array(src, f32_arrays) and _is_array(dst, f32_arrays)
+            and all(isinstance(a, types.Integer) for a in (src_index, src_stride, dst_index, dst_stride))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, si, ss, d, di, ds = args
+        rows = []
+        for r in range(16):
+            at = builder.add(si, builder.mul(ss, ir.Constant(ss.type, r)))
+            rows.append(builder.load(_element_ptr(context, builder, sig.args[0], s, at, _V16F32), align=4))
+        for h in (8, 4, 2, 1):
+            low = ir.Constant(ir.VectorType(_I32, 16), [c if c & h == 0 else 16 + c - h for c in range(16)])
+            high = ir.Constant(ir.VectorType(_I32, 16), [c + h if c & h == 0 else 16 + c for c in range(16)])
+            new = list(rows)
+            for i in range(16):
+                if i & h == 0:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + h], low)
+                    new[i + h] = builder.shuffle_vector(rows[i], rows[i + h], high)
+            rows = new
+        for c in range(16):
+            at = builder.add(di, builder.mul(ds, ir.Constant(ds.type, c)))
+            builder.store(rows[c], _element_ptr(context, builder, sig.args[3], d, at, _V16F32), align=4)
+        return context.get_dummy_value()
+
+    return types.none(src, src_index, src_stride, dst, dst_index, dst_stride), codegen
 
 
 @intrinsic
@@ -574,3 +670,150 @@ def exp_f32x16(x):
     y = fma_f32x16(mul_f32x16(p, r), r, add_f32x16(r, splat_f32(np.float32(1.0))))
     two_n = bits_to_f32x16(shl_i32x16(add_i32x16(to_i32x16(n), splat_i32(127)), 23))
     return mul_f32x16(y, two_n)
+
+
+# -- table lookups for the grid formats: gathers, dword picks, byte selects --------------------
+# The i-quant grids (quant/tables.py) are small tables of 4- or 8-byte entries; a kernel decodes
+# 16 rows at once by gathering one entry per row. With AVX-512 a gather is one instruction
+# (vpgatherdd / vpgatherdq); elsewhere the same lookups are written as scalar loads in plain IR.
+
+_I8 = ir.IntType(8)
+_I64 = ir.IntType(64)
+_V64I8 = ir.VectorType(_I8, 64)
+_V8I32 = ir.VectorType(_I32, 8)
+_V8I64 = ir.VectorType(_I64, 8)
+
+
+@intrinsic
+def load_u64(typingctx, arr, index):
+    """The little-endian 64-bit word at byte `index` of a uint8 array (unaligned), as uint64."""
+    if not (_is_array(arr, (types.uint8,)) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1], _I64), align=1)
+
+    return types.uint64(arr, index), codegen
+
+
+def _table_base(context, builder, arrty, arr):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return ary.data
+
+
+def _gather_scalar(builder, base, idx, n, lane0):
+    """Lanes lane0 .. lane0 + n - 1 of idx looked up in base[], one load each (any target)."""
+    elt = base.type.pointee
+    out = ir.Constant(ir.VectorType(elt, n), ir.Undefined)
+    for i in range(n):
+        k = builder.extract_element(idx, ir.Constant(_I32, lane0 + i))
+        v = builder.load(builder.gep(base, [builder.zext(k, _I64)]))
+        out = builder.insert_element(out, v, ir.Constant(_I32, i))
+    return out
+
+
+def _make_gather32(native: bool):
+    @intrinsic
+    def gather(typingctx, table, idx):
+        """table[idx[i]] in lane i: 16 lookups in a uint32 table (vpgatherdd). The caller keeps
+        every index inside the table."""
+        if not (_is_array(table, (types.uint32,)) and idx == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            base = _table_base(context, builder, sig.args[0], args[0])
+            if not native:
+                return _gather_scalar(builder, base, args[1], 16, 0)
+            i8p = _I8.as_pointer()
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16I32, [_V16I32, i8p, _V16I32, ir.VectorType(ir.IntType(1), 16), _I32]),
+                "llvm.x86.avx512.mask.gather.dpi.512")
+            ones = ir.Constant(ir.VectorType(ir.IntType(1), 16), [1] * 16)
+            return builder.call(fn, [ir.Constant(_V16I32, [0] * 16), builder.bitcast(base, i8p), args[1], ones,
+                                     ir.Constant(_I32, 4)])
+
+        return i32x16(table, idx), codegen
+    return gather
+
+
+def _make_gather64(native: bool):
+    @intrinsic
+    def gather(typingctx, table, idx, half):
+        """The 8 entries table[idx[8 half + i]] (i = 0..7) of a uint64 table, as the 16 i32 lanes
+        of 8 consecutive 64-bit values (vpgatherdq); half a compile-time 0 or 1."""
+        if not (_is_array(table, (types.uint64,)) and idx == i32x16 and isinstance(half, types.IntegerLiteral)):
+            return None
+        lane0 = 8 * half.literal_value
+
+        def codegen(context, builder, sig, args):
+            base = _table_base(context, builder, sig.args[0], args[0])
+            if not native:
+                return builder.bitcast(_gather_scalar(builder, base, args[1], 8, lane0), _V16I32)
+            i8p = _I8.as_pointer()
+            part = builder.shuffle_vector(args[1], args[1], ir.Constant(_V8I32, list(range(lane0, lane0 + 8))))
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V8I64, [_V8I64, i8p, _V8I32, ir.VectorType(ir.IntType(1), 8), _I32]),
+                "llvm.x86.avx512.mask.gather.dpq.512")
+            ones = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 8)
+            v = builder.call(fn, [ir.Constant(_V8I64, [0] * 8), builder.bitcast(base, i8p), part, ones,
+                                  ir.Constant(_I32, 8)])
+            return builder.bitcast(v, _V16I32)
+
+        return i32x16(table, idx, half), codegen
+    return gather
+
+
+# The scalar forms are always available (tests hold them equal to the native ones).
+gather_u32_generic = _make_gather32(False)
+gather_u64_generic = _make_gather64(False)
+gather_u32 = _make_gather32(True) if HAS_VNNI512 else gather_u32_generic
+gather_u64 = _make_gather64(True) if HAS_VNNI512 else gather_u64_generic
+
+
+@intrinsic
+def pick_i32x16(typingctx, a, b, odd):
+    """Of the 32 i32 lanes of a then b, the even ones (odd = 0) or the odd ones (odd = 1): the
+    first or second 4-byte half of eight 8-byte values in each of a and b (vpermt2d)."""
+    if not (a == i32x16 and b == i32x16 and isinstance(odd, types.IntegerLiteral)):
+        return None
+    mask = ir.Constant(_V16I32, [2 * i + odd.literal_value for i in range(16)])
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return i32x16(a, b, odd), codegen
+
+
+@intrinsic
+def select_bytes(typingctx, bits, a, b):
+    """Byte i of a where bit i of the 64-bit integer `bits` is set, else byte i of b (a mask
+    register and vpblendmb, or a masked byte operation that LLVM folds it into)."""
+    if not (isinstance(bits, types.Integer) and a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        m = builder.bitcast(builder.trunc(args[0], _I64) if args[0].type.width > 64 else
+                            builder.zext(args[0], _I64) if args[0].type.width < 64 else args[0],
+                            ir.VectorType(ir.IntType(1), 64))
+        v = builder.select(m, builder.bitcast(args[1], _V64I8), builder.bitcast(args[2], _V64I8))
+        return builder.bitcast(v, _V16I32)
+
+    return i32x16(bits, a, b), codegen
+
+
+def _binary_i8(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (a == i32x16 and b == i32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            v = getattr(builder, op)(builder.bitcast(args[0], _V64I8), builder.bitcast(args[1], _V64I8))
+            return builder.bitcast(v, _V16I32)
+
+        return i32x16(a, b), codegen
+    return fn
+
+
+add_i8x64 = _binary_i8("add")   # byte-wise, modulo 256
+sub_i8x64 = _binary_i8("sub")

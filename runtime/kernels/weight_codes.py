@@ -13,12 +13,18 @@ encodings below store them in step_bytes bytes each (bits per weight = step_byte
     nib6    48  nib4, then one vector per 4 steps: bits 2s, 2s + 1 = bits 4, 5 of step s
     crumb2  16  one vector per 4 steps: bits 2s, 2s + 1 of byte L = the value of step s
     crumb3  24  crumb2, then one vector per 8 steps: bit s = bit 2 of step s's value
+    iq2_xxs, iq2_xs, iq2_s, iq3_xxs, iq3_s, iq1_s, iq1_m: grid indices, sign bits, looked up
+            in the type's codebook (grids.py)
 
 Each encoding gives:
     step(q, base, nsteps, s) -> i32x16   njit, inlined: the 64 value bytes of step s of the
                                          block stored from q[base] (nsteps: steps per block)
     pack(tmp, q, base, nsteps)           njit: the block's u, laid out as u8 in tmp (64 nsteps
                                          bytes), stored from q[base] (at load, once)
+and may give
+    pair(q, base, nsteps, s) -> (step s, step s + 1), s even: for encodings that decode two
+                                         steps at once (the grids: one lookup per row serves
+                                         8 columns); by default two calls of step
 The step decoders are written so that, with s a constant after unrolling, each is one load
 (shared by the steps of a vector) and a shift and mask or two.
 """
@@ -41,9 +47,23 @@ class WeightCode:
     steps_multiple: int    # a block's step count must be a multiple of this
     step: Callable
     pack: Callable
+    pair: Callable | None = None
 
     def bytes(self, nsteps: int) -> int:
         return self.step_bytes * nsteps
+
+    @property
+    def pairs(self) -> Callable:
+        """pair(q, base, nsteps, s) -> (step s, step s + 1), s even."""
+        return self.pair if self.pair is not None else _pair_of_steps(self.step)
+
+
+@lru_cache(maxsize=None)
+def _pair_of_steps(step):
+    @njit(inline="always")
+    def pair(q, base, nsteps, s):
+        return step(q, base, nsteps, s), step(q, base, nsteps, s + 1)
+    return pair
 
 
 # -- decoders ---------------------------------------------------------------------------------
@@ -166,4 +186,7 @@ _SIMPLE = {c.name: c for c in (U8, NIB4, NIB5, NIB6, CRUMB2, CRUMB3)}
 def weight_code(name: str, table: tuple[int, ...] | None = None) -> WeightCode:
     if name == "lut4":
         return lut4(table)
-    return _SIMPLE[name]
+    if name in _SIMPLE:
+        return _SIMPLE[name]
+    from .grids import GRID_CODES     # imported here: grids.py builds its codes on this module
+    return GRID_CODES[name]
