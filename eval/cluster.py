@@ -7,9 +7,9 @@ process, as before.
 
 Why Dask distributed rather than Ray: the work is tens to hundreds of independent tasks of
 seconds to minutes, each with small inputs (a text, an importance matrix) and small results (a
-few numbers); that is what Dask's futures do, and Dask is pure Python (about 5 MB of wheels:
-dask, distributed, tornado, msgpack, cloudpickle, ...) where Ray is a 79 MB binary wheel with
-its own object store, control store and raylet daemons. A test starts a cluster of two worker
+few numbers); that is what Dask's futures do, and Dask is pure Python (dask, distributed,
+tornado, msgpack, cloudpickle, ...: about 40 MB installed), where Ray brings a compiled core with
+its own object store and daemons for the same job. A test starts a cluster of two worker
 processes with `LocalCluster` in a few seconds and stops it with its processes; a machine joins
 with one command (`dask worker tcp://SCHEDULER:8786`). Install it with `pip install lowbit[cluster]`.
 
