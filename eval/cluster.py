@@ -118,6 +118,18 @@ def scratch_dir() -> Path:
         return Path(tempfile.gettempdir())
 
 
+def checked_address(address: str) -> str:
+    """A scheduler's address as Dask takes it (tcp://HOST:PORT, HOST:PORT, tls://...), checked
+    before a client is made: a client that cannot parse its address never starts and then hangs
+    the interpreter's exit for its close timeout."""
+    from distributed.comm.addressing import get_address_host_port
+    try:
+        get_address_host_port(address)
+    except ValueError:
+        raise ClusterError(f"--cluster takes a scheduler's address such as tcp://HOST:8786, not {address!r}") from None
+    return address
+
+
 class Cluster:
     """A client of a running Dask scheduler, with what lowbit's runs use of it."""
 
@@ -130,6 +142,7 @@ class Cluster:
             from distributed import Client
         except ImportError:
             raise ClusterError(f"--cluster needs Dask distributed: {INSTALL_HINT}") from None
+        address = checked_address(address)
         try:
             client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
@@ -187,5 +200,5 @@ class Cluster:
 
 def connect(address: str | None) -> Cluster | None:
     """The cluster at `address` (--cluster), or None to run here."""
-    return Cluster.connect(address) if address else None
+    return Cluster.connect(address) if address is not None else None
 

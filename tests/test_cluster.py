@@ -165,7 +165,10 @@ def test_cluster_refusals(setup, tmp_path, capsys):
     assert "--cluster goes with --target-bpw" in capsys.readouterr().err
     with pytest.raises(ClusterError, match="no Dask scheduler answers at tcp://127.0.0.1:9"):
         Cluster.connect("tcp://127.0.0.1:9", timeout=1)
-    with distributed.LocalCluster(n_workers=0, processes=False, **QUIET) as empty:
+    for bad in ("foo", "http://127.0.0.1:1", ""):
+        with pytest.raises(ClusterError, match="takes a scheduler's address such as tcp://HOST:8786"):
+            Cluster.connect(bad, timeout=1)
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", **QUIET) as empty:
         with pytest.raises(ClusterError, match="has no workers"):
             Cluster.connect(empty.scheduler_address, timeout=1)
 
