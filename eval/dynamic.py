@@ -95,10 +95,12 @@ def budget_label(target_bpw: float | None, target_size: int | None) -> str:
 def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_text: str, n_tokens: int,
                     recipe_path: Path, target_bpw: float | None = None, target_size: int | None = None,
                     candidates: list[str] | None = None,
-                    progress: Callable[[str], None] = lambda s: None) -> tuple[SensitivityTable, Allocation]:
+                    progress: Callable[[str], None] = lambda s: None,
+                    cluster=None) -> tuple[SensitivityTable, Allocation]:
     """The whole pipeline behind --target-bpw/--target-size and `ladder --allocate`: the budget
     checked, the sensitivity table measured on the first n_tokens of calib_text (or read from
-    the cache, without loading the model), the allocation, and its recipe written."""
+    the cache, without loading the model; on `cluster` when given: eval/cluster.py), the
+    allocation, and its recipe written."""
     from lowbit.runtime.model import Model
     from lowbit.runtime.tokenizer import Tokenizer
 
@@ -108,7 +110,8 @@ def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_tex
         raise AllocationError(f"the calibration text has {len(tokens)} tokens, fewer than the "
                               f"{n_tokens} the sensitivity measurement takes (--sensitivity-tokens)")
     sample = np.asarray(tokens[:n_tokens], dtype=np.int64)
-    table = load_or_build(src, lambda: Model(src), im, im_path, sample, progress=progress, candidates=candidates)
+    table = load_or_build(src, lambda: Model(src), im, im_path, sample, progress=progress,
+                          candidates=candidates, cluster=cluster)
     alloc = allocate_for_budget(src, table, budget)
     write_recipe(recipe_path, recipe_rows(table, alloc),
                  recipe_header(src, table, alloc, budget_label(target_bpw, target_size)))

@@ -180,6 +180,49 @@ def save_results(cfg: LadderConfig, data: dict) -> None:
     write_text_atomically(cfg.out_dir / RESULTS, json.dumps(data, indent=1))
 
 
+@dataclass
+class Evaluation:
+    """What an entry is measured on: the text, the base distributions, -c and chunks."""
+    text: str
+    base: Path
+    n_ctx: int
+    chunks: int | None
+
+
+def entry_file_name(model: Path, entry: Entry) -> str:
+    return f"{model.stem}-{entry.type}{'' if entry.imatrix else '-noimatrix'}.gguf"
+
+
+def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str | None, im, imatrix_label: str,
+                  ev: Evaluation, stage: Callable[[str], None]) -> Entry:
+    """Quantize src to out by opts (with im if the entry takes the importance matrix, recorded
+    in the file as imatrix_label) and measure the file against the base; a quantization that
+    fails is the entry's status. `default`: the preset's own type (None for a mix). Runs in
+    this process or in a cluster's worker (eval/ladder_cluster.py)."""
+    try:
+        stage(f"{entry.key}: quantize")
+        summary = quantize_model(src, out, opts, im if entry.imatrix else None,
+                                 allow_requantize=True, imatrix_path=imatrix_label if entry.imatrix else None)
+    except LowbitError as e:
+        entry.status = f"failed: {e}"
+        return entry
+    entry.file, entry.file_bytes = str(out), summary.file_bytes
+    entry.n_params, entry.bpw = summary.n_params, summary.bpw
+    if default is not None:
+        entry.type_bpw, entry.type_share = _requested_type_share(summary, src, default)
+    entry.type_counts = dict(summary.type_counts)
+    entry.quantize_seconds = summary.seconds
+    from .kld import compare_to_base
+    from .loading import load_model
+    stage(f"{entry.key}: perplexity and KLD")
+    start = time.perf_counter()
+    model, tok = load_model(out)
+    res, kld = compare_to_base(model, tok, ev.text, ev.base, ev.n_ctx, ev.chunks)
+    entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
+    entry.eval_seconds = time.perf_counter() - start
+    return entry
+
+
 def _requested_type_share(summary, src, preset_default: str) -> tuple[float, float]:
     """Bits per weight over the tensors that took the preset's own type, and their weight share."""
     params = n_bytes = 0
@@ -193,13 +236,15 @@ def _requested_type_share(summary, src, preset_default: str) -> tuple[float, flo
 
 
 class Ladder:
-    """Runs a LadderConfig; `stage(text)` reports what is happening, for a progress line."""
+    """Runs a LadderConfig; `stage(text)` reports what is happening, for a progress line. With a
+    cluster (eval/cluster.py) the entries and the sensitivity run there (eval/ladder_cluster.py)."""
 
     def __init__(self, cfg: LadderConfig, stage: Callable[[str], None] = lambda s: None,
-                 set_threads: Callable[[int], None] | None = None):
+                 set_threads: Callable[[int], None] | None = None, cluster=None):
         self.cfg = cfg
         self.stage = stage
         self.set_threads = set_threads or (lambda n: None)
+        self.cluster = cluster
         self.text = None
 
     # --- the pieces computed once ---
@@ -215,9 +260,13 @@ class Ladder:
             return path
         if self.cfg.calib_text is None:
             raise LadderError(f"the importance matrix {path} does not exist")
+        self.stage(f"imatrix from {self.cfg.calib_text.name}")
+        if self.cluster is not None:
+            from .ladder_cluster import collect_imatrix_on_cluster
+            collect_imatrix_on_cluster(self, path)
+            return path
         from .imatrix_collect import collect_imatrix
         from .loading import load_model
-        self.stage(f"imatrix from {self.cfg.calib_text.name}")
         model, tok = load_model(self.cfg.model)
         im = collect_imatrix(model, tok, read_text(self.cfg.calib_text),
                              str(self.cfg.calib_text), self.cfg.n_ctx, self.cfg.calib_chunks)
@@ -234,11 +283,15 @@ class Ladder:
         model, tok = load_model(self.cfg.model)
         res = write_base(model, tok, self._eval_text(), self.cfg.eval_text.name, path,
                          self.cfg.n_ctx, self.cfg.chunks)
-        src_bytes = open_gguf(self.cfg.model).file_bytes
-        data["base"] = {"file": self.cfg.stored_model(), "file_bytes": src_bytes, "ppl": res.ppl,
-                        "ppl_error": res.ppl_error, "chunks": res.n_chunks}
+        data["base"] = self.base_record(res)
         save_results(self.cfg, data)
         return path
+
+    def base_record(self, res) -> dict:
+        """results.json's base: the source file and its perplexity result."""
+        src_bytes = open_gguf(self.cfg.model).file_bytes      # every shard of a split model
+        return {"file": self.cfg.stored_model(), "file_bytes": src_bytes, "ppl": res.ppl,
+                "ppl_error": res.ppl_error, "chunks": res.n_chunks}
 
     # --- one entry ---
 
@@ -263,45 +316,36 @@ class Ladder:
         c = self.cfg
         self.stage(f"{alloc_name(bpw)}: sensitivity")
         _, alloc = plan_for_budget(src, im, str(c.imatrix_path()), read_text(c.calib_text),
-                                   c.sensitivity_tokens, c.out_dir / f"{alloc_name(bpw)}.recipe", target_bpw=bpw)
+                                   c.sensitivity_tokens, c.out_dir / f"{alloc_name(bpw)}.recipe", target_bpw=bpw,
+                                   cluster=self.cluster)
         return PlanOptions(None, recipe=alloc.types)
+
+    def entry_plan(self, entry: Entry, src, im) -> tuple[PlanOptions, str | None]:
+        """How the entry quantizes, and the preset's own type (None for a mix)."""
+        budget = alloc_budget(entry.type)
+        if budget is not None:
+            return self.allocated_options(src, budget, im), None
+        return PlanOptions(entry.type), resolve_target(entry.type)[0].default
 
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
-        suffix = "" if entry.imatrix else "-noimatrix"
-        out = c.out_dir / f"{c.model.stem}-{entry.type}{suffix}.gguf"
         src = open_gguf(c.model)
         try:
-            budget = alloc_budget(entry.type)
-            if budget is not None:
-                opts = self.allocated_options(src, budget, im)
-                default = None
-            else:
-                opts = PlanOptions(entry.type)
-                default = resolve_target(entry.type)[0].default
-            self.stage(f"{entry.key}: quantize")
-            summary = quantize_model(src, out, opts, im if entry.imatrix else None,
-                                     allow_requantize=True, imatrix_path=str(c.imatrix_path()) if entry.imatrix else None)
+            opts, default = self.entry_plan(entry, src, im)
         except LowbitError as e:
             entry.status = f"failed: {e}"
             return entry
-        entry.file, entry.file_bytes = self.cfg.stored(out), summary.file_bytes
-        entry.n_params, entry.bpw = summary.n_params, summary.bpw
-        if default is not None:
-            entry.type_bpw, entry.type_share = _requested_type_share(summary, src, default)
-        entry.type_counts = dict(summary.type_counts)
-        entry.quantize_seconds = summary.seconds
-        from .kld import compare_to_base
-        from .loading import load_model
-        self.stage(f"{entry.key}: perplexity and KLD")
-        start = time.perf_counter()
-        model, tok = load_model(out)
-        res, kld = compare_to_base(model, tok, self._eval_text(), base, c.n_ctx, c.chunks)
-        entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
-        entry.eval_seconds = time.perf_counter() - start
+        entry = measure_entry(entry, src, c.out_dir / entry_file_name(c.model, entry), opts, default, im,
+                              str(c.imatrix_path()), Evaluation(self._eval_text(), base, c.n_ctx, c.chunks),
+                              self.stage)
+        if entry.file:
+            entry.file = c.stored(entry.file)
         return entry
 
     def run(self) -> dict:
+        if self.cluster is not None:
+            from .ladder_cluster import run_on_cluster
+            return run_on_cluster(self)
         c = self.cfg
         todo = entries_to_run(c)
         if not c.out_dir.is_dir():

@@ -142,47 +142,97 @@ def _error(rows: np.ndarray, qtype, imp: np.ndarray | None) -> float:
     return float((d2 * imp).sum()) if imp is not None else float(d2.sum())
 
 
+@dataclass
+class TensorTask:
+    """One tensor's measurement: what it needs besides the model and the sample, so that it can
+    run anywhere (locally, or as a task on a cluster: eval/cluster.py)."""
+    name: str
+    rows: np.ndarray | None          # the rows E is estimated on (None: all of them)
+    types: list[str]                 # the candidates its rows can take
+    reference: str                   # the type whose KLD is measured
+    importance: np.ndarray | None    # the importance matrix's entry for it
+
+
+@dataclass
+class Measurements:
+    """Every measurement a table needs, with the random choices made up front (row samples,
+    held-out pairs), so that running them in any order or place gives the same table."""
+    tensors: list[TensorTask]
+    held_out: list[tuple[int, str]]  # (index into tensors, type)
+
+
+def plan_measurements(src: GGUFFile, im: ImportanceMatrix, seed: int = 0,
+                      candidates: list[str] | None = None) -> Measurements:
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for name in (n for n, t in src.tensors.items() if is_quantizable(n, t.shape)):
+        t = src.tensors[name]
+        n_rows = t.n_elements // t.n_cols
+        pick = np.sort(rng.choice(n_rows, ROW_SAMPLE, replace=False)) if n_rows > ROW_SAMPLE else None
+        types = candidate_types(t.n_cols, candidates)
+        if not types:
+            raise AllocationError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
+        reference = next((r for r in REFERENCE if r in types), types[len(types) // 2])
+        tasks.append(TensorTask(name, pick, types, reference, im.importance(name)))
+    # Held-out pairs: other types of random tensors, to check how the predictors rank.
+    pairs = [(k, q) for k, task in enumerate(tasks) for q in task.types if q != task.reference]
+    chosen = rng.choice(len(pairs), min(HELD_OUT, len(pairs)), replace=False)
+    return Measurements(tasks, [pairs[i] for i in chosen])
+
+
+def _weights(src: GGUFFile, name: str) -> np.ndarray:
+    t = src.tensors[name]
+    return dequantize(src.raw(name), t.qtype, t.shape).reshape(-1, t.n_cols)
+
+
+def measure_tensor(src: GGUFFile, probe: SensitivityProbe, task: TensorTask) -> TensorCosts:
+    """E(t, q) for every candidate q, and the KLD with t alone at the reference type."""
+    t = src.tensors[task.name]
+    kind, layer = tensor_kind(task.name)
+    w = _weights(src, task.name)
+    rows = np.ascontiguousarray(w if task.rows is None else w[task.rows])
+    scale = len(w) / len(rows)
+    tc = TensorCosts(task.name, kind, layer, t.n_elements, t.n_cols, reference=task.reference)
+    for q in task.types:
+        qt = by_name(q)
+        tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
+        tc.error[q] = _error(rows, qt, task.importance) * scale
+    ref = by_name(task.reference)
+    tc.measured[task.reference] = probe.kld_with(task.name, quantize(w, ref, task.importance), ref)
+    return tc
+
+
+def measure_pair(src: GGUFFile, probe: SensitivityProbe, task: TensorTask, qtype: str) -> float:
+    """The KLD with the tensor alone quantized to another type than the reference (held out)."""
+    q = by_name(qtype)
+    return probe.kld_with(task.name, quantize(_weights(src, task.name), q, task.importance), q)
+
+
+def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held_out: list[float],
+             n_tokens: int, seconds: float) -> SensitivityTable:
+    """The table from the measurements' results (in the plan's order)."""
+    for (k, q), kld in zip(plan.held_out, held_out):
+        tensors[k].measured[q] = kld
+    table = SensitivityTable(str(src.path), tensors, n_tokens, seconds)
+    table.rank_correlation = rank_correlations(tensors)
+    return table
+
+
 def build_table(src: GGUFFile, model, im: ImportanceMatrix, sample: np.ndarray, seed: int = 0,
                 progress: Callable[[str], None] = lambda s: None,
                 candidates: list[str] | None = None) -> SensitivityTable:
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
+    plan = plan_measurements(src, im, seed, candidates)
     probe = SensitivityProbe(model, sample)
     tensors = []
-    names = [n for n, t in src.tensors.items() if is_quantizable(n, t.shape)]
-    for k, name in enumerate(names):
-        t = src.tensors[name]
-        kind, layer = tensor_kind(name)
-        progress(f"errors {k + 1}/{len(names)}: {name}")
-        w = dequantize(src.raw(name), t.qtype, t.shape).reshape(-1, t.n_cols)
-        pick = np.sort(rng.choice(len(w), ROW_SAMPLE, replace=False)) if len(w) > ROW_SAMPLE else slice(None)
-        rows = np.ascontiguousarray(w[pick])
-        scale = len(w) / len(rows)
-        imp = im.importance(name)
-        tc = TensorCosts(name, kind, layer, t.n_elements, t.n_cols)
-        types = candidate_types(t.n_cols, candidates)
-        if not types:
-            raise AllocationError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
-        for q in types:
-            qt = by_name(q)
-            tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
-            tc.error[q] = _error(rows, qt, imp) * scale
-        tc.reference = next((r for r in REFERENCE if r in tc.error), types[len(types) // 2])
-        progress(f"KLD {k + 1}/{len(names)}: {name} as {tc.reference}")
-        ref = by_name(tc.reference)
-        tc.measured[tc.reference] = probe.kld_with(name, quantize(w, ref, imp), ref)
-        tensors.append(tc)
-    # Held-out pairs: other types of random tensors, to check how the predictors rank.
-    pairs = [(tc, q) for tc in tensors for q in tc.error if q != tc.reference]
-    for j, i in enumerate(rng.choice(len(pairs), min(HELD_OUT, len(pairs)), replace=False)):
-        tc, q = pairs[i]
-        progress(f"held-out KLD {j + 1}/{HELD_OUT}: {tc.name} as {q}")
-        t = src.tensors[tc.name]
-        w = dequantize(src.raw(tc.name), t.qtype, t.shape).reshape(-1, t.n_cols)
-        tc.measured[q] = probe.kld_with(tc.name, quantize(w, by_name(q), im.importance(tc.name)), by_name(q))
-    table = SensitivityTable(str(src.path), tensors, len(sample), time.perf_counter() - start)
-    table.rank_correlation = rank_correlations(tensors)
-    return table
+    for k, task in enumerate(plan.tensors):
+        progress(f"tensor {k + 1}/{len(plan.tensors)}: {task.name}")
+        tensors.append(measure_tensor(src, probe, task))
+    held_out = []
+    for j, (k, q) in enumerate(plan.held_out):
+        progress(f"held-out KLD {j + 1}/{len(plan.held_out)}: {plan.tensors[k].name} as {q}")
+        held_out.append(measure_pair(src, probe, plan.tensors[k], q))
+    return assemble(src, plan, tensors, held_out, len(sample), time.perf_counter() - start)
 
 
 def rank_correlations(tensors: list[TensorCosts]) -> dict:
@@ -217,11 +267,16 @@ def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[
 
 def load_or_build(src: GGUFFile, model_loader: Callable, im: ImportanceMatrix, im_path: str,
                   sample: np.ndarray, progress=lambda s: None,
-                  candidates: list[str] | None = None) -> SensitivityTable:
+                  candidates: list[str] | None = None, cluster=None) -> SensitivityTable:
+    """The table from the cache, or measured: here, or on `cluster` (eval/cluster.py) when given."""
     path = cache_dir() / "sensitivity" / f"{cache_key(src, im_path, sample, candidates)}.json"
     if path.exists():
         return SensitivityTable.from_json(json.loads(path.read_text()))
-    table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
+    if cluster is not None:
+        from .sensitivity_cluster import build_table_on_cluster
+        table = build_table_on_cluster(cluster, src, im, sample, progress=progress, candidates=candidates)
+    else:
+        table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, json.dumps(table.to_json()))
     return table

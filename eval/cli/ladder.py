@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     s.add_argument("--allocate", metavar="B1,B2,...",
                    help="also lowbit's own per-tensor mixes at these bits per weight (needs --calib)")
     s.add_argument("--sensitivity-tokens", type=int, default=512)
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the entries and the sensitivity on a running Dask cluster (tcp://HOST:8786; "
+                        "pip install 'lowbit[cluster]'): quality only, no speed, the files deleted on the workers")
     s.set_defaults(func=run)
 
 
@@ -42,6 +45,7 @@ def floats(text: str | None, flag: str) -> list[float]:
 
 
 def run(args) -> int:
+    from ..cluster import connect
     from ..ladder import Ladder, LadderConfig
     from ..machine import describe
     from ..model_store import resolve_model
@@ -59,9 +63,16 @@ def run(args) -> int:
         sensitivity_tokens=args.sensitivity_tokens)
     set_threads(args.threads)
     bar = Progress("ladder", unit="stages")
-    data = Ladder(cfg, bar.stage, set_threads).run()
+    cluster = connect(args.cluster)
+    try:
+        data = Ladder(cfg, bar.stage, set_threads, cluster).run()
+        machine = (describe(args.threads) if cluster is None else
+                   f"a Dask cluster of {cluster.n_workers()} workers at {cluster.address} (quality only)")
+    finally:
+        if cluster is not None:
+            cluster.close()
     bar.close()
-    report = write_report(data, cfg.out_dir, describe(args.threads))
+    report = write_report(data, cfg.out_dir, machine)
     print(report.read_text())
     print(f"wrote {report} and {cfg.out_dir / 'results.json'}")
     return 0

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     s.add_argument("--calib", metavar="TEXT", help="calibration text for the sensitivity measurement")
     s.add_argument("--sensitivity-tokens", type=int, default=512,
                    help="calibration tokens each sensitivity measurement runs (default 512)")
+    s.add_argument("--cluster", metavar="ADDRESS",
+                   help="measure the sensitivity on a running Dask cluster (tcp://HOST:8786; "
+                        "pip install 'lowbit[cluster]'), one task per tensor")
     s.add_argument("--candidates", metavar="T1,T2,...",
                    help="the types a budget may choose among (default: every K, i- and 32-block type)")
     s.add_argument("--write-recipe", metavar="FILE", help="where the allocated plan goes (default OUTPUT.recipe)")
@@ -49,6 +52,7 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     from lowbit.quant.recipes import is_quantizable
     from lowbit.quant.types import by_name
 
+    from ..cluster import connect
     from ..dynamic import budget_label, plan_for_budget
 
     if im is None or not args.calib:
@@ -71,8 +75,14 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
         bar.set_postfix_str(text)
         bar.update(1)
 
-    table, alloc = plan_for_budget(src, im, args.imatrix, read_text(args.calib), args.sensitivity_tokens,
-                                   recipe_path, args.target_bpw, args.target_size, candidates, step)
+    calib = read_text(args.calib)
+    cluster = connect(args.cluster)
+    try:
+        table, alloc = plan_for_budget(src, im, args.imatrix, calib, args.sensitivity_tokens,
+                                       recipe_path, args.target_bpw, args.target_size, candidates, step, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
     bar.close()
     rc = table.rank_correlation
     print(f"sensitivity: {len(table.tensors)} tensors, {table.sample_tokens} tokens, {table.seconds:.0f} s; "
@@ -129,6 +139,8 @@ def run(args) -> int:
              args.recipe is not None]
     if sum(modes) != 1:
         raise UsageError("give one of TYPE, --target-bpw/--target-size (with --imatrix and --calib) or --recipe")
+    if args.cluster and not modes[1]:
+        raise UsageError("--cluster goes with --target-bpw or --target-size (it runs the sensitivity measurement)")
     if args.target_bpw is not None and args.target_size is not None:
         raise UsageError("give --target-bpw or --target-size, not both")
     im = imx.load(args.imatrix) if args.imatrix else None
