@@ -330,9 +330,9 @@ def _refit_d(x, w, B, G, L, idx, neg):
     return sqx / sq2 if sq2 > 0.0 else 0.0
 
 
-import os
-OUTLIER_SIGMA = float(os.environ.get('IQ1_SIG', '2'))
-OUTLIER_POWER = float(os.environ.get('IQ1_POW', '0.5'))
+# ggml's weighting of an error: importance x sqrt(OUTLIER_SIGMA * mean(x^2) + x^2)
+OUTLIER_SIGMA = 2.0
+OUTLIER_POWER = 0.5
 N_D_CANDIDATES = 24     # super-scales ranked by the proxy
 N_D_EXACT = 2           # of which the best are evaluated exactly
 
