@@ -40,7 +40,8 @@ def busy_core(enabled: bool):
 
 
 def run_bench(model: str, args, env: dict) -> list[dict]:
-    cmd = [args.lowbit, "bench", model, "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", "1,2",
+    lowbit = [args.lowbit] if args.lowbit else [sys.executable, "-m", "lowbit.eval.cli"]
+    cmd = [*lowbit, "bench", model, "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", "1,2",
            "-r", str(args.reps), "--no-startup", "--json"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2, help="alternations of quiet and busy runs (default 2)")
-    p.add_argument("--lowbit", default="lowbit", help="the lowbit command (default: lowbit on PATH)")
+    p.add_argument("--lowbit", help="the lowbit command (default: this Python's -m lowbit.eval.cli)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args(argv)
     env = dict(os.environ)
