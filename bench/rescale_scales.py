@@ -22,6 +22,7 @@ import re
 import shutil
 
 import numpy as np
+from compare_encodings import spread
 
 from lowbit.eval.model_store import resolve_model
 from lowbit.quant import imatrix as imx
@@ -77,11 +78,9 @@ def main(argv=None):
             blocks[:, :, at:at + 2] = (d * f).astype(np.float16)[..., None].view(np.uint8)
         mm[t.offset:t.offset + t.n_bytes] = blocks.reshape(-1)
         y2 = dequantize(blocks.reshape(x.shape[0], -1), t.qtype, x.shape).astype(np.float64)
-        xx = (imp * x * x).sum(1)
-        p0, p1 = (((imp * x * v).sum(1) / xx).mean() for v in (y, y2))
-        e0, e1 = ((imp * (x - v) ** 2).sum() / xx.sum() for v in (y, y2))
-        print(f"{name:28s} {t.qtype.name:8s} projection {p0:.3f} -> {p1:.3f}  "
-              f"relative error {e0:.4f} -> {e1:.4f}", flush=True)
+        before, after = spread(x, y, imp), spread(x, y2, imp)
+        print(f"{name:28s} {t.qtype.name:8s} projection {before['proj']:.3f} -> {after['proj']:.3f}  "
+              f"relative error {before['err_w']:.4f} -> {after['err_w']:.4f}", flush=True)
     mm.flush()
     del mm
     os.replace(partial, a.out)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import socket
 import tempfile
 import threading
@@ -110,14 +109,18 @@ def task(fn):
     return run
 
 
-def scratch_dir() -> Path:
-    """Where a task may write large files for a while: the worker's local directory
-    (`dask worker --local-directory`), else the system's temporary directory."""
+@contextmanager
+def scratch_folder():
+    """A new folder for a task's large files, deleted with what is in it when the block ends:
+    in the worker's local directory (`dask worker --local-directory`), else in the system's
+    temporary directory."""
     try:
         from distributed import get_worker
-        return Path(get_worker().local_directory)
+        where = get_worker().local_directory
     except (ImportError, ValueError):
-        return Path(tempfile.gettempdir())
+        where = tempfile.gettempdir()
+    with tempfile.TemporaryDirectory(dir=where, prefix="lowbit-") as d:
+        yield Path(d)
 
 
 def checked_address(address: str) -> str:
@@ -200,7 +203,15 @@ class Cluster:
         self.client.close()
 
 
-def connect(address: str | None) -> Cluster | None:
-    """The cluster at `address` (--cluster), or None to run here."""
-    return Cluster.connect(address) if address is not None else None
+@contextmanager
+def connected(address: str | None):
+    """The cluster at `address` (--cluster) for the block, closed after it; None to run here."""
+    if address is None:
+        yield None
+        return
+    cluster = Cluster.connect(address)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 

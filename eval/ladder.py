@@ -29,7 +29,7 @@ from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
-from .loading import read_text, write_text_atomically
+from .loading import read_text, write_atomically
 from .report import alloc_budget, alloc_name
 
 RESULTS = "results.json"
@@ -177,7 +177,7 @@ def relative_paths(cfg: LadderConfig, data: dict) -> None:
 
 
 def save_results(cfg: LadderConfig, data: dict) -> None:
-    write_text_atomically(cfg.out_dir / RESULTS, json.dumps(data, indent=1))
+    write_atomically(cfg.out_dir / RESULTS, json.dumps(data, indent=1))
 
 
 @dataclass

@@ -26,8 +26,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,8 +36,9 @@ from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import PlanOptions
 
-from .cluster import RemoteModel, scratch_dir, task
+from .cluster import RemoteModel, scratch_folder, task
 from .ladder import Entry, Evaluation, Ladder, entries_to_run, entry_file_name, load_results, measure_entry, save_results
+from .loading import write_atomically
 from .perplexity import PerplexityResult
 
 
@@ -78,9 +77,7 @@ def _worker_base(job: LadderJob, model_path: Path) -> tuple[Path, PerplexityResu
         if not (path.exists() and meta.exists()):
             model, tok = load_model(model_path)
             res = write_base(model, tok, job.text, job.text_name, path, job.n_ctx, job.chunks)
-            tmp = meta.with_name(meta.name + ".partial")
-            tmp.write_text(json.dumps(asdict(res)))
-            os.replace(tmp, meta)
+            write_atomically(meta, json.dumps(asdict(res)))
         return path, PerplexityResult(**json.loads(meta.read_text()))
 
 
@@ -92,8 +89,8 @@ def drop_base(key: str) -> None:
 
 @lru_cache(maxsize=1)
 def _imatrix(data: bytes) -> imx.ImportanceMatrix:
-    with tempfile.TemporaryDirectory(dir=scratch_dir(), prefix="lowbit-") as d:
-        path = Path(d) / "imatrix.gguf"
+    with scratch_folder() as d:
+        path = d / "imatrix.gguf"
         path.write_bytes(data)
         return imx.load(path)
 
@@ -108,8 +105,8 @@ def entry_task(job: LadderJob, entry: Entry, opts: PlanOptions, default: str | N
     path = job.model.local_path()
     base, _ = _worker_base(job, path)
     im = _imatrix(job.imatrix) if entry.imatrix else None
-    with tempfile.TemporaryDirectory(dir=scratch_dir(), prefix="lowbit-") as d:
-        entry = measure_entry(entry, open_gguf(path), Path(d) / entry_file_name(path, entry), opts, default, im,
+    with scratch_folder() as d:
+        entry = measure_entry(entry, open_gguf(path), d / entry_file_name(path, entry), opts, default, im,
                               job.imatrix_label, Evaluation(job.text, base, job.n_ctx, job.chunks), lambda s: None)
     entry.file = ""                  # measured and deleted: no file to keep or to time
     return entry
@@ -121,8 +118,8 @@ def imatrix_task(model: RemoteModel, text: str, text_name: str, n_ctx: int, chun
     from .loading import load_model
     m, tok = load_model(model.local_path())
     im = collect_imatrix(m, tok, text, text_name, n_ctx, chunks)
-    with tempfile.TemporaryDirectory(dir=scratch_dir(), prefix="lowbit-") as d:
-        path = Path(d) / "imatrix.gguf"
+    with scratch_folder() as d:
+        path = d / "imatrix.gguf"
         imx.save(im, path)
         return path.read_bytes()
 
@@ -133,9 +130,7 @@ def collect_imatrix_on_cluster(ladder: Ladder, path: Path) -> None:
     c, cluster = ladder.cfg, ladder.cluster
     [data] = cluster.gather([cluster.submit(imatrix_task, RemoteModel.of(c.model), read_text(c.calib_text),
                                             str(c.calib_text), c.n_ctx, c.calib_chunks)])
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomically(path, data)
 
 
 def run_on_cluster(ladder: Ladder) -> dict:

@@ -39,13 +39,17 @@ def read_text(path) -> str:
         raise InputError(f"text file {path} is not UTF-8 text") from None
 
 
-def write_text_atomically(path, text: str) -> None:
-    """Write a small text file under a temporary name and rename it into place: an interrupted
-    write leaves the old file (or none), never half of one, and no temporary file."""
+def write_atomically(path, data: str | bytes) -> None:
+    """Write a small file (text, or bytes as they are) under a temporary name and rename it into
+    place: an interrupted write leaves the old file (or none), never half of one, and no
+    temporary file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     try:
-        tmp.write_text(text)
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ from lowbit.quant.types import by_name
 from lowbit.runtime.finite import check_logits
 
 from .kld import kl_divergence
-from .loading import write_text_atomically
+from .loading import write_atomically
 from .perplexity import log_softmax_rows
 
 # The types the allocator chooses among (those a row length cannot take are left out per tensor).
@@ -278,5 +278,5 @@ def load_or_build(src: GGUFFile, model_loader: Callable, im: ImportanceMatrix, i
     else:
         table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(table.to_json()))
+    write_atomically(path, json.dumps(table.to_json()))
     return table

@@ -45,7 +45,7 @@ def floats(text: str | None, flag: str) -> list[float]:
 
 
 def run(args) -> int:
-    from ..cluster import connect
+    from ..cluster import connected
     from ..ladder import Ladder, LadderConfig
     from ..machine import describe
     from ..model_store import resolve_model
@@ -63,14 +63,10 @@ def run(args) -> int:
         sensitivity_tokens=args.sensitivity_tokens)
     set_threads(args.threads)
     bar = Progress("ladder", unit="stages")
-    cluster = connect(args.cluster)
-    try:
+    with connected(args.cluster) as cluster:
         data = Ladder(cfg, bar.stage, set_threads, cluster).run()
         machine = (describe(args.threads) if cluster is None else
                    f"a Dask cluster of {cluster.n_workers()} workers at {cluster.address} (quality only)")
-    finally:
-        if cluster is not None:
-            cluster.close()
     bar.close()
     report = write_report(data, cfg.out_dir, machine)
     print(report.read_text())

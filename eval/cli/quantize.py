@@ -52,7 +52,7 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     from lowbit.quant.recipes import is_quantizable
     from lowbit.quant.types import by_name
 
-    from ..cluster import connect
+    from ..cluster import connected
     from ..dynamic import budget_label, plan_for_budget
 
     if im is None or not args.calib:
@@ -76,13 +76,9 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
         bar.update(1)
 
     calib = read_text(args.calib)
-    cluster = connect(args.cluster)
-    try:
+    with connected(args.cluster) as cluster:
         table, alloc = plan_for_budget(src, im, args.imatrix, calib, args.sensitivity_tokens,
                                        recipe_path, args.target_bpw, args.target_size, candidates, step, cluster)
-    finally:
-        if cluster is not None:
-            cluster.close()
     bar.close()
     rc = table.rank_correlation
     print(f"sensitivity: {len(table.tensors)} tensors, {table.sample_tokens} tokens, {table.seconds:.0f} s; "
