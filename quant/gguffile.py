@@ -36,6 +36,8 @@ from .types import QuantType, UnsupportedTypeError, by_id
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
+_U64 = struct.Struct("<Q")
+
 # GGUF metadata value types
 _SCALARS = {
     0: np.dtype("<u1"), 1: np.dtype("<i1"), 2: np.dtype("<u2"), 3: np.dtype("<i2"),
@@ -181,6 +183,28 @@ class _Cursor:
         except UnicodeDecodeError:
             raise GGUFError(f"{self.path} is corrupt: {what} is not valid UTF-8") from None
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """An array of `count` strings: a tokenizer's vocabulary and merges, hundreds of
+        thousands of them, so this loop does the bare reads (string() reports what is wrong)."""
+        buf, pos, size = self.buf, self.pos, len(self.buf)
+        length = _U64.unpack_from
+        out = []
+        try:
+            for _ in range(count):
+                if pos + 8 > size:
+                    break
+                end = pos + 8 + length(buf, pos)[0]
+                if end > size:
+                    break
+                out.append(str(buf[pos + 8:end], "utf-8"))
+                pos = end
+        except UnicodeDecodeError:
+            raise GGUFError(f"{self.path} is corrupt: {what} is not valid UTF-8") from None
+        self.pos = pos
+        if len(out) < count:
+            self.string(what)       # raises: the next string runs past the end of the file
+        return out
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
@@ -196,7 +220,7 @@ class _Cursor:
             if item_type == _STRING:
                 if count > (len(self.buf) - self.pos) // 8:   # each string takes 8 bytes at least
                     raise GGUFError(f"{self.path} is corrupt: {what} claims {count} strings")
-                return [self.string(what) for _ in range(count)]
+                return self.strings(count, what)
             if item_type == _ARRAY:
                 raise GGUFError(f"{self.path} is corrupt: {what} is an array of arrays")
             raise GGUFError(f"{self.path} is corrupt: {what} has unknown item type {item_type}")

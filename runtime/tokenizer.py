@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
+from operator import methodcaller
 
 import numpy as np
 
@@ -71,7 +72,8 @@ def check_metadata(metadata: dict) -> None:
     tokens = metadata.get(key("tokens"))
     if tokens is None or metadata.get(key("model")) is None:
         raise TokenizerError("the model file has no tokenizer (tokenizer.ggml.tokens/model missing)")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+    # set(map(type, ...)): the lists hold 150k entries, and a generator would take 0.1 s
+    if not isinstance(tokens, list) or not tokens or set(map(type, tokens)) != {str}:
         raise TokenizerError("tokenizer.ggml.tokens is not a list of strings")
     n = len(tokens)
     for name in ("model", "pre"):
@@ -84,7 +86,7 @@ def check_metadata(metadata: dict) -> None:
                                   or len(value) != n):
             raise TokenizerError(f"tokenizer.ggml.{name} does not hold one number per token ({n} tokens)")
     merges = metadata.get(key("merges"))
-    if merges is not None and (not isinstance(merges, list) or not all(isinstance(m, str) for m in merges)):
+    if merges is not None and (not isinstance(merges, list) or not set(map(type, merges)) <= {str}):
         raise TokenizerError("tokenizer.ggml.merges is not a list of strings")
     for name in _TOKEN_IDS:
         value = metadata.get(key(name))
@@ -130,7 +132,7 @@ class Tokenizer:
 
     @cached_property
     def _ids(self) -> dict[str, int]:
-        return {t: i for i, t in enumerate(self.tokens)}
+        return dict(zip(self.tokens, range(len(self.tokens))))
 
     @cached_property
     def _special_splitters(self):
@@ -184,24 +186,28 @@ class _BPE:
         if pre not in PRE_TOKENIZERS:
             raise TokenizerError(f"pre-tokenizer {pre!r} is not supported; lowbit knows "
                                  f"{', '.join(sorted(PRE_TOKENIZERS))}")
-        vocab = {t: i for i, t in enumerate(tokens)}
-        pairs = [tuple(m.split(" ", 1)) for m in merges]
-        bad = next((m for m, p in zip(merges, pairs) if len(p) != 2), None)
-        if bad is not None:
+        vocab = dict(zip(tokens, range(len(tokens))))
+        pairs = list(map(tuple, map(methodcaller("split", " ", 1), merges)))   # C loops: 150k merges
+        if pairs and min(map(len, pairs)) != 2:
+            bad = next(m for m, p in zip(merges, pairs) if len(p) != 2)
             raise TokenizerError(f"the BPE merge {bad!r} in tokenizer.ggml.merges is not two tokens")
         self._hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=False))
         splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZERS[pre]]
         self._hf.pre_tokenizer = pre_tokenizers.Sequence(
             splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        byte_of = {c: b for b, c in _bytes_to_unicode().items()}
-        self._bytes = [bytes(byte_of.get(c, 0) for c in t) if all(c in byte_of for c in t)
-                       else t.encode() for t in tokens]
+        self._tokens = tokens
+        self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
 
     def encode(self, text: str, first_fragment: bool) -> list[int]:
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self._bytes[token_id]
+        # Worked out per call rather than for the whole vocabulary at load (a second or so for
+        # 150k tokens); only generated tokens are ever asked for.
+        token, byte_of = self._tokens[token_id], self._byte_of
+        if all(c in byte_of for c in token):
+            return bytes(byte_of[c] for c in token)
+        return token.encode()
 
     def finish_decode(self, text: str, ids) -> str:
         return text

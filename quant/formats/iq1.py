@@ -17,6 +17,7 @@ from ..encode_helpers import f32_to_f16_bits, put_f16, put_u16, round_to_f16
 from ..tables import IQ1_DELTA, IQ1S_GRID
 from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
+from .grid_search import neighbour_lists
 
 
 @njit(inline="always")
@@ -97,19 +98,8 @@ def _ternary_tables(n_distances=2):
     pow3 = 3 ** np.arange(8)
     grid_of = np.full(3 ** 8, -1, np.int32)
     grid_of[((grid + 1) * pow3).sum(axis=1)] = np.arange(len(grid), dtype=np.int32)
-    patterns = ((np.arange(3 ** 8)[:, None] // pow3) % 3 - 1).astype(np.int32)
-    off = np.nonzero(grid_of < 0)[0]
-    p = patterns[off]
-    d2 = (p * p).sum(1)[:, None] + (grid * grid).sum(1)[None, :] - 2 * p @ grid.T
-    limit = d2.min(axis=1)
-    for _ in range(n_distances - 1):
-        limit = np.where(d2 > limit[:, None], d2, np.iinfo(np.int32).max).min(axis=1)
-    near = d2 <= limit[:, None]
-    counts = np.zeros(3 ** 8, np.int64)
-    counts[off] = near.sum(axis=1)
-    start = np.zeros(3 ** 8 + 1, np.int32)
-    start[1:] = np.cumsum(counts)
-    neighbours = np.nonzero(near)[1].astype(np.int16)   # row-major: grouped by pattern, in order
+    patterns = (np.arange(3 ** 8)[:, None] // pow3) % 3 - 1
+    start, neighbours = neighbour_lists(patterns, grid, n_distances, np.int16)
     levels = (grid + 1).astype(np.int8)                 # grid values as 0, 1, 2
     return grid_of, start, neighbours, levels, pow3.astype(np.int32)
 

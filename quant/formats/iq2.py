@@ -28,6 +28,7 @@ from ..encode_helpers import nearest_int, put_f16, put_u16, put_u32, round_to_f1
 from ..tables import IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KSIGNS
 from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
+from .grid_search import neighbour_lists
 
 
 @njit(inline="always")
@@ -105,18 +106,8 @@ class Codebook:
         codes = self.lev.astype(np.int64) @ POW3
         self.gmap = np.full(N_CODES, -1, np.int32)
         self.gmap[codes] = np.arange(len(grid), dtype=np.int32)
-        points = LEVELS[(np.arange(N_CODES)[:, None] // POW3) % 3].astype(np.float64)
-        g = grid.astype(np.float64)
-        # exact (small integers): |p - g|^2 for every code and grid point
-        d2 = (points * points).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * points @ g.T
-        limit = d2.min(1)
-        for _ in range(shells - 1):
-            limit = np.where(d2 > limit[:, None], d2, np.inf).min(1)
-        keep = d2 <= limit[:, None]
-        keep[self.gmap >= 0] = False
-        self.start = np.zeros(N_CODES + 1, np.int32)
-        self.start[1:] = np.cumsum(keep.sum(1))
-        self.neighbours = np.nonzero(keep)[1].astype(np.int32)   # row-major: grouped by code
+        points = LEVELS[(np.arange(N_CODES)[:, None] // POW3) % 3]
+        self.start, self.neighbours = neighbour_lists(points, grid, shells, np.int32)
 
     def tables(self):
         return self.lev, self.quads, self.gmap, self.start, self.neighbours

@@ -29,6 +29,7 @@ from ..encode_helpers import put_f16, put_u32, round_to_f16
 from ..tables import IQ3S_GRID, IQ3XXS_GRID, KSIGNS
 from ..types import Packing, register
 from .grid_codes import put_code, put_d, put_entry
+from .grid_search import neighbour_lists
 
 
 @njit(inline="always")
@@ -82,19 +83,12 @@ def _search_tables(grid: np.ndarray, unit: float):
     codes = np.searchsorted(levels, units) @ shifts
     index_of = np.full(4096, -1, dtype=np.int32)
     index_of[codes] = np.arange(len(units), dtype=np.int32)
-    # all 4096 level combinations, their codes and squared distances to every grid point
-    combos = np.stack(np.meshgrid(*[np.arange(8)] * 4, indexing="ij"), -1).reshape(-1, 4)
-    dist = np.square(levels[combos][:, None, :] - units[None, :, :]).sum(-1)
-    start = np.zeros(4097, dtype=np.int32)
-    lists = [np.zeros(0, dtype=np.int16)] * 4096
-    for p, code in enumerate(combos @ shifts):
-        if index_of[code] < 0:
-            limit = np.unique(dist[p])[NEIGHBOUR_RINGS - 1]
-            lists[code] = np.flatnonzero(dist[p] <= limit).astype(np.int16)
-    start[1:] = np.cumsum([len(x) for x in lists])
+    # every code's level combination (level index k in bits 3k .. 3k + 2)
+    points = levels[(np.arange(4096)[:, None] >> (3 * np.arange(4))) & 7]
+    start, neighbours = neighbour_lists(points, units, NEIGHBOUR_RINGS, np.int16)
     # Rounding thresholds: midpoints between consecutive levels.
     thresholds = ((levels[1:] + levels[:-1]) / 2).astype(np.float32)
-    return units, levels.astype(np.float32), thresholds, index_of, start, np.concatenate(lists)
+    return units, levels.astype(np.float32), thresholds, index_of, start, neighbours
 
 
 (XXS_UNITS, XXS_LEVELS, XXS_THRESH, XXS_INDEX, XXS_NB_START, XXS_NB) = _search_tables(IQ3XXS_GRID, 4.0)

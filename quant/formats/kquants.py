@@ -457,14 +457,41 @@ def encode_q6_k(x, imp, out):
 # scale fields: f16 d (and dmin) as in the file, one byte per sub-block scale (and min) code.
 
 @njit(inline="always")
+def crumbs256(w, at, u):
+    """u[i] = crumb(w, at, i) for all 256 weights, in loops that vectorize (run at load)."""
+    for half in range(2):
+        for j in range(32):
+            b = w[at + 32 * half + j]
+            for plane in range(4):
+                u[128 * half + 32 * plane + j] = (b >> (2 * plane)) & 3
+
+
+@njit(inline="always")
+def nibbles256(w, at, u):
+    """u[i] = nibble(w, at, i) for all 256 weights."""
+    for group in range(4):
+        for j in range(32):
+            b = w[at + 32 * group + j]
+            u[64 * group + j] = b & 15
+            u[64 * group + 32 + j] = b >> 4
+
+
+@njit(inline="always")
+def add_high_bits(w, at, u, shift):
+    """u[i] |= high_bit(w, at, i) << shift for all 256 weights."""
+    for plane in range(8):
+        for j in range(32):
+            u[32 * plane + j] |= ((w[at + j] >> plane) & 1) << shift
+
+
+@njit(inline="always")
 def unpack_q2_k(w, o, u, rec, y):
     # rec: d | dmin | the 16 scale bytes as stored (scale code low nibble, min code high)
     copy_f16(rec, 0, w, o + 80)
     copy_f16(rec, 2, w, o + 82)
     for s in range(16):
         rec[4 + s] = w[o + s]
-    for i in range(256):
-        u[i] = crumb(w, o + 16, i)
+    crumbs256(w, o + 16, u)
 
 
 @njit(inline="always")
@@ -473,8 +500,8 @@ def unpack_q3_k(w, o, u, rec, y):
     copy_f16(rec, 0, w, o + 108)
     for s in range(16):
         rec[2 + s] = np.uint8(q3k_scale(w, o + 96, s) & 0xFF)
-    for i in range(256):
-        u[i] = crumb(w, o + 32, i) + 4 * high_bit(w, o, i)
+    crumbs256(w, o + 32, u)
+    add_high_bits(w, o, u, 2)
 
 
 @njit(inline="always")
@@ -491,27 +518,29 @@ def _q45_k_fields(w, o, rec):
 @njit(inline="always")
 def unpack_q4_k(w, o, u, rec, y):
     _q45_k_fields(w, o, rec)
-    for i in range(256):
-        u[i] = nibble(w, o + 16, i)
+    nibbles256(w, o + 16, u)
 
 
 @njit(inline="always")
 def unpack_q5_k(w, o, u, rec, y):
     _q45_k_fields(w, o, rec)
-    for i in range(256):
-        u[i] = nibble(w, o + 48, i) | (high_bit(w, o + 16, i) << 4)
+    nibbles256(w, o + 48, u)
+    add_high_bits(w, o + 16, u, 4)
 
 
 @njit(inline="always")
 def unpack_q6_k(w, o, u, rec, y):
-    # rec: d | 16 signed scale codes (as stored); u = q + 32
+    # rec: d | 16 signed scale codes (as stored); u = q + 32: the low nibbles at o (two
+    # halves of 64 bytes, nibbles(w, o, i) within each), bits 4-5 from the crumbs at o + 128
     copy_f16(rec, 0, w, o + 208)
     for s in range(16):
         rec[2 + s] = w[o + 192 + s]
-    for i in range(256):
-        half, r = divmod(i, 128)
-        lo = (w[o + half * 64 + r % 64] >> (4 * (r // 64))) & 15
-        u[i] = lo | (crumb(w, o + 128, i) << 4)
+    crumbs256(w, o + 128, u)
+    for half in range(2):
+        for j in range(64):
+            b = w[o + 64 * half + j]
+            u[128 * half + j] = (u[128 * half + j] << 4) | (b & 15)
+            u[128 * half + 64 + j] = (u[128 * half + 64 + j] << 4) | (b >> 4)
 
 
 Q2_K = register("Q2_K", "k", decode_q2_k, encode_q2_k, Packing("crumb2", "f16_nib_min", 16, -1, unpack_q2_k))

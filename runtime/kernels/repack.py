@@ -39,6 +39,8 @@ def repack_kernel(qtype: QuantType):
             rec = np.zeros(rec_bytes, np.uint8)
             y = np.zeros(block_size, np.float32)
             tmp = np.zeros(block_size * GROUP, np.uint8)
+            # the scatter below moves 4 bytes at a time: a step holds 4 columns of a row
+            u4, tmp4 = u.view(np.uint32), tmp.view(np.uint32)
             qg = q[g]
             for bk in range(n_blocks):
                 base = bk * block_bytes
@@ -48,8 +50,8 @@ def repack_kernel(qtype: QuantType):
                     if r >= n_rows:
                         break
                     unpack(rows[r], bk * type_size, u, rec, y)
-                    for i in range(block_size):
-                        tmp[(i >> 2) * 64 + ri * 4 + (i & 3)] = u[i]
+                    for st in range(block_size // 4):
+                        tmp4[st * GROUP + ri] = u4[st]
                     for f in range(widths.shape[0]):
                         wd = widths[f]
                         at = base + weight_bytes + dst[f] + ri * wd
