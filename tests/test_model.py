@@ -158,3 +158,25 @@ def test_fast_precision_is_close_and_exact_is_the_default(models, arch, wtype):
     assert_logits_close(model.forward(PROMPT, model.new_cache(32), logits_from=0), want)
     with pytest.raises(ValueError, match="precision must be one of"):
         model.precision = "fastest"
+
+
+@pytest.mark.parametrize("arch,wtype", [("llama", "Q4_K"), ("gemma3", "IQ2_XXS")])
+def test_prepare_leaves_no_kernel_to_load(models, monkeypatch, arch, wtype):
+    """After Model.prepare, a long prompt and a generated token find every kernel ready: no
+    numba dispatcher compiles or reads its disk cache mid-generation."""
+    from numba.core.dispatcher import Dispatcher
+
+    model = Model.load(models(arch, wtype))
+    model.prepare()
+    loaded = []
+    original = Dispatcher._compile_for_args
+
+    def record(self, *args, **kws):
+        loaded.append(self.py_func.__qualname__)
+        return original(self, *args, **kws)
+
+    monkeypatch.setattr(Dispatcher, "_compile_for_args", record)
+    cache = model.new_cache(64)
+    logits = model.forward(np.arange(40) % 200, cache)
+    model.forward([int(np.argmax(logits[-1]))], cache)
+    assert loaded == []
