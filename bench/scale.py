@@ -157,11 +157,13 @@ def main(argv=None) -> int:
         # the warm-up: every kernel compiled, on a narrow model planned like the largest
         narrow = synth.LlamaShape(max(s.n_layer for s in shapes.values()), n_embd=256, n_ff=512, n_head=8,
                                   n_head_kv=1, n_vocab=512)
-        warm = args.work / "warm-up-f16.gguf"
+        # named by its layer count: a sitting with other sizes must not reuse another's
+        warm = args.work / f"warm-up-{narrow.n_layer}l-f16.gguf"
         if not warm.exists():
             synth.write(warm, narrow)
         for qtype in types:
-            im = synthetic_imatrix(args.work / "warm-up.imatrix.gguf", narrow) if needs_imatrix(qtype) else None
+            im = (synthetic_imatrix(args.work / f"warm-up-{narrow.n_layer}l.imatrix.gguf", narrow)
+                  if needs_imatrix(qtype) else None)
             print(f"warm-up {qtype}", flush=True)
             run_measured(lowbit_cmd(warm, args.work / "warm-up-out.gguf", qtype, args.threads, im))
             (args.work / "warm-up-out.gguf").unlink()
