@@ -63,7 +63,7 @@ def main() -> None:
     print(describe(max(threads)) + f", load average {os.getloadavg()[0]:.2f}")
     bandwidth = {t: read_bandwidth_gbs(t) for t in threads}
     print("read bandwidth: " + ", ".join(f"{bandwidth[t]:.1f} GB/s at {t} thread(s)" for t in threads))
-    print(f"\n| file | bytes per token | " + " | ".join(f"t{t} tokens/s | t{t} GB/s (of {bandwidth[t]:.1f})"
+    print("\n| file | bytes per token | " + " | ".join(f"t{t} tokens/s | t{t} GB/s (of {bandwidth[t]:.1f})"
                                                      for t in threads) + " |")
     print("|---|---:|" + "---:|---:|" * len(threads))
     for name in args.models:

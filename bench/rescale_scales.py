@@ -48,42 +48,47 @@ def main(argv=None):
     a = p.parse_args(argv)
     types = set(a.types.split(","))
     partial = a.out + ".partial"
-    shutil.copyfile(a.quantized, partial)
-    src = open_gguf(resolve_model(a.source))
-    q = open_gguf(partial)
-    im = imx.load(a.imatrix)
-    mm = np.memmap(partial, dtype=np.uint8, mode="r+")
-    for name, t in q.tensors.items():
-        if t.qtype.name not in types or (a.only and not re.search(a.only, name)):
-            continue
-        st = src.tensors[name]
-        x = dequantize(src.raw(name), st.qtype, st.shape).reshape(-1, t.n_cols).astype(np.float64)
-        raw = np.array(q.raw(name)).reshape(x.shape[0], -1)
-        y = dequantize(raw, t.qtype, x.shape).astype(np.float64)
-        imp = im.importance(name)
-        imp = np.ones(t.n_cols) if imp is None else imp.astype(np.float64)
-        nb = t.n_cols // 256
-        xb, yb, wb = x.reshape(-1, nb, 256), y.reshape(-1, nb, 256), imp.reshape(nb, 256)
-        sxx, sxq, sqq = ((wb * xb * xb).sum(-1), (wb * xb * yb).sum(-1), (wb * yb * yb).sum(-1))
-        if a.per_row:
-            sxx, sxq, sqq = (np.repeat(v.sum(-1, keepdims=True), nb, -1) for v in (sxx, sxq, sqq))
-        ok = (sxq > 0) & (sqq > 0) & (sxx > 0)
-        sxx_, sqq_ = np.where(ok, sxx, 1), np.where(ok, sqq, 1)
-        proj = np.where(ok, sxq / sxx_, 1.0)
-        target = np.where(ok, sxq ** 2 / (sxx_ * sqq_), 1.0) if a.target == "ls" else 1.0
-        f = np.where(ok, target / proj, 1.0)
-        blocks = raw.reshape(-1, nb, t.qtype.type_size)
-        for at in SCALE_AT[t.qtype.name]:
-            d = blocks[:, :, at:at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
-            blocks[:, :, at:at + 2] = (d * f).astype(np.float16)[..., None].view(np.uint8)
-        mm[t.offset:t.offset + t.n_bytes] = blocks.reshape(-1)
-        y2 = dequantize(blocks.reshape(x.shape[0], -1), t.qtype, x.shape).astype(np.float64)
-        before, after = spread(x, y, imp), spread(x, y2, imp)
-        print(f"{name:28s} {t.qtype.name:8s} projection {before['proj']:.3f} -> {after['proj']:.3f}  "
-              f"relative error {before['err_w']:.4f} -> {after['err_w']:.4f}", flush=True)
-    mm.flush()
-    del mm
-    os.replace(partial, a.out)
+    try:
+        shutil.copyfile(a.quantized, partial)
+        src = open_gguf(resolve_model(a.source))
+        q = open_gguf(partial)
+        im = imx.load(a.imatrix)
+        mm = np.memmap(partial, dtype=np.uint8, mode="r+")
+        for name, t in q.tensors.items():
+            if t.qtype.name not in types or (a.only and not re.search(a.only, name)):
+                continue
+            st = src.tensors[name]
+            x = dequantize(src.raw(name), st.qtype, st.shape).reshape(-1, t.n_cols).astype(np.float64)
+            raw = np.array(q.raw(name)).reshape(x.shape[0], -1)
+            y = dequantize(raw, t.qtype, x.shape).astype(np.float64)
+            imp = im.importance(name)
+            imp = np.ones(t.n_cols) if imp is None else imp.astype(np.float64)
+            nb = t.n_cols // 256
+            xb, yb, wb = x.reshape(-1, nb, 256), y.reshape(-1, nb, 256), imp.reshape(nb, 256)
+            sxx, sxq, sqq = ((wb * xb * xb).sum(-1), (wb * xb * yb).sum(-1), (wb * yb * yb).sum(-1))
+            if a.per_row:
+                sxx, sxq, sqq = (np.repeat(v.sum(-1, keepdims=True), nb, -1) for v in (sxx, sxq, sqq))
+            ok = (sxq > 0) & (sqq > 0) & (sxx > 0)
+            sxx_, sqq_ = np.where(ok, sxx, 1), np.where(ok, sqq, 1)
+            proj = np.where(ok, sxq / sxx_, 1.0)
+            target = np.where(ok, sxq ** 2 / (sxx_ * sqq_), 1.0) if a.target == "ls" else 1.0
+            f = np.where(ok, target / proj, 1.0)
+            blocks = raw.reshape(-1, nb, t.qtype.type_size)
+            for at in SCALE_AT[t.qtype.name]:
+                d = blocks[:, :, at:at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+                blocks[:, :, at:at + 2] = (d * f).astype(np.float16)[..., None].view(np.uint8)
+            mm[t.offset:t.offset + t.n_bytes] = blocks.reshape(-1)
+            y2 = dequantize(blocks.reshape(x.shape[0], -1), t.qtype, x.shape).astype(np.float64)
+            before, after = spread(x, y, imp), spread(x, y2, imp)
+            print(f"{name:28s} {t.qtype.name:8s} projection {before['proj']:.3f} -> {after['proj']:.3f}  "
+                  f"relative error {before['err_w']:.4f} -> {after['err_w']:.4f}", flush=True)
+        mm.flush()
+        del mm
+        os.replace(partial, a.out)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)     # no half-rescaled copy left behind
+        raise
 
 
 if __name__ == "__main__":

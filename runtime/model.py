@@ -232,13 +232,10 @@ class Model:
         kernels (activation quantizer, norms, RoPE, activation) are the same in every layer, so
         the short prompt goes through the first layer only (through all 28 of a 1.5B model, it
         would take half a second)."""
-        self.forward(np.zeros(1, dtype=np.int64), self.new_cache(1))
-        every_layer = self.layers
-        self.layers = every_layer[:1]
-        try:
-            self.forward(np.zeros(PREPARE_TOKENS, dtype=np.int64), self.new_cache(PREPARE_TOKENS))
-        finally:
-            self.layers = every_layer
+        with threads_for_forward():
+            self._forward(np.zeros(1, dtype=np.int64), self.new_cache(1), None, self.layers)
+            self._forward(np.zeros(PREPARE_TOKENS, dtype=np.int64), self.new_cache(PREPARE_TOKENS), None,
+                          self.layers[:1])
 
     # -- running -----------------------------------------------------------------------------
 
@@ -262,9 +259,9 @@ class Model:
         cores other processes keep busy (runtime/threads.py).
         """
         with threads_for_forward():
-            return self._forward(tokens, cache, logits_from)
+            return self._forward(tokens, cache, logits_from, self.layers)
 
-    def _forward(self, tokens, cache: KVCache, logits_from: int | None) -> np.ndarray:
+    def _forward(self, tokens, cache: KVCache, logits_from: int | None, layers: list[Layer]) -> np.ndarray:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
         n_tokens = len(tokens)
@@ -280,8 +277,8 @@ class Model:
         x = self.embed(tokens)
         hd = cfg.head_dim
         eps = cfg.rms_eps
-        h = rms_norm(x, self.layers[0].attn_norm, eps)
-        for il, L in enumerate(self.layers):
+        h = rms_norm(x, layers[0].attn_norm, eps)
+        for il, L in enumerate(layers):
             base = cfg.layer_rope_base(il)
             if base not in ropes:
                 ropes[base] = rope_tables(positions, cfg.rope_dims, base, cfg.rope_freq_scale)
@@ -295,8 +292,8 @@ class Model:
             h = residual_norm(x, L.wo(a), L.post_attn_norm, L.ffn_norm, eps)
             # feed-forward: gate and up in one product
             f = L.w_down(act_mul(L.gate_up(h), cfg.n_ff, cfg.arch.activation))
-            last = il + 1 == len(self.layers)
-            h = residual_norm(x, f, L.post_ffn_norm, None if last else self.layers[il + 1].attn_norm, eps)
+            last = il + 1 == len(layers)
+            h = residual_norm(x, f, L.post_ffn_norm, None if last else layers[il + 1].attn_norm, eps)
         cache.n_past = pos0 + n_tokens
         start = n_tokens - 1 if logits_from is None else logits_from
         h = rms_norm(x[start:], self.output_norm, eps)

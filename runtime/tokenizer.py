@@ -110,7 +110,7 @@ class Tokenizer:
         self.pre = metadata.get("tokenizer.ggml.pre", "default")
         self.end_of_generation = self._end_of_generation_ids(metadata)
         if self.kind == "gpt2":
-            self._backend = _BPE(self.tokens, metadata.get("tokenizer.ggml.merges", []), self.pre)
+            self._backend = _BPE(self.tokens, self._ids, metadata.get("tokenizer.ggml.merges", []), self.pre)
         elif self.kind == "llama":
             from .spm import SentencePieceBackend
             self._backend = SentencePieceBackend(metadata, self.tokens, self.token_types)
@@ -180,18 +180,17 @@ class Tokenizer:
 
 
 class _BPE:
-    def __init__(self, tokens: list[str], merges: list[str], pre: str):
+    def __init__(self, tokens: list[str], ids: dict[str, int], merges: list[str], pre: str):
         from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers
 
         if pre not in PRE_TOKENIZERS:
             raise TokenizerError(f"pre-tokenizer {pre!r} is not supported; lowbit knows "
                                  f"{', '.join(sorted(PRE_TOKENIZERS))}")
-        vocab = dict(zip(tokens, range(len(tokens))))
         pairs = list(map(tuple, map(methodcaller("split", " ", 1), merges)))   # C loops: 150k merges
         if pairs and min(map(len, pairs)) != 2:
             bad = next(m for m, p in zip(merges, pairs) if len(p) != 2)
             raise TokenizerError(f"the BPE merge {bad!r} in tokenizer.ggml.merges is not two tokens")
-        self._hf = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=False))
+        self._hf = HFTokenizer(models.BPE(vocab=ids, merges=pairs, ignore_merges=False))
         splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZERS[pre]]
         self._hf.pre_tokenizer = pre_tokenizers.Sequence(
             splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

@@ -53,6 +53,27 @@ def _pack_read(kind, vals, n_bytes):
     return back
 
 
+@njit
+def _whole_block_reads(w):
+    """The load-time readers of a whole block (crumbs256, nibbles256, add_high_bits) against the
+    decoders' per-weight ones, on the same bytes."""
+    u = np.zeros((3, 256), np.uint8)
+    want = np.zeros((3, 256), np.uint8)
+    K.crumbs256(w, 0, u[0])
+    K.nibbles256(w, 0, u[1])
+    K.add_high_bits(w, 0, u[2], 3)
+    for i in range(256):
+        want[0, i] = K.crumb(w, 0, i)
+        want[1, i] = K.nibble(w, 0, i)
+        want[2, i] = K.high_bit(w, 0, i) << 3
+    return u, want
+
+
+def test_whole_block_readers_equal_the_per_weight_ones(rng):
+    u, want = _whole_block_reads(rng.integers(0, 256, 128).astype(np.uint8))
+    np.testing.assert_array_equal(u, want)
+
+
 @pytest.mark.parametrize("kind, n, lo, hi, n_bytes", [
     (0, 256, 0, 3, 64), (1, 256, 0, 15, 128), (2, 256, 0, 1, 32), (3, 16, -32, 31, 12)])
 def test_bit_packers_invert_the_readers(kind, n, lo, hi, n_bytes, rng):

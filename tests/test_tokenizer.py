@@ -115,5 +115,5 @@ def test_gemma3_ids_equal_llama_cpp_on_all_of_wiki_test():
 ])
 def test_pre_tokenizers_split_as_llama_cpp(tiny, pre, pieces):
     from lowbit.runtime.tokenizer import _BPE
-    backend = _BPE(tiny.tokens, [], pre)
+    backend = _BPE(tiny.tokens, tiny._ids, [], pre)
     assert [p for p, _ in backend._hf.pre_tokenizer.pre_tokenize_str("12345 abc!!")] == pieces
