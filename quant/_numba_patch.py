@@ -22,6 +22,7 @@ CACHE_IMPL = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl
 
 class ContentKeyedLocator(_CacheLocator):
     def __init__(self, py_func, rel_path: Path):
+        self._py_file = py_func.__code__.co_filename   # numba names it when a result cannot be cached
         self._lineno = py_func.__code__.co_firstlineno
         self._cache_path = str(cache_dir() / "numba" / rel_path.with_suffix(""))
 

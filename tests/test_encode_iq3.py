@@ -62,15 +62,20 @@ def test_snap_is_the_best_among_the_candidates(name, rng):
     assert exact > 0.9 * n
 
 
+LIFT = {"IQ3_XXS": iq3.XXS_LIFT, "IQ3_S": iq3.S_LIFT}
+
+
 def assumed_values(name, x, imp):
-    """The 256 values search_block chose for x (f16 d, sub-scales, grid points, signs)."""
+    """The 256 values search_block chose for x (f16 d, sub-scales, grid points, signs), with d
+    lifted as the encoder stores it (iq3.py says why)."""
     _, _, units, thresholds, index_of, start, nb = TABLES[name]
     idx = np.empty(64, np.int32)
     mult = np.empty(8, np.int32)
     neg = np.empty(256, np.uint8)
     d = iq3.search_block(x, imp, 0, name == "IQ3_XXS", units, thresholds, index_of, start, nb,
                          idx, mult, neg)
-    s = np.repeat(np.float32(d) * (2 * mult + 1).astype(np.float32), 32)
+    d = np.float32(np.float16(np.float32(d) * LIFT[name]))
+    s = np.repeat(d * (2 * mult + 1).astype(np.float32), 32)
     mags = (s.reshape(64, 4) * units[idx]).reshape(-1)
     return np.where(neg.astype(bool), -mags, mags), neg
 

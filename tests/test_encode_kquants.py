@@ -14,6 +14,7 @@ from numba import njit
 
 from lowbit.quant.decode import dequantize
 from lowbit.quant.encode import quantize
+from lowbit.quant.formats import fits
 from lowbit.quant.formats import kquants as K
 from lowbit.quant.types import by_name
 
@@ -102,8 +103,17 @@ def test_six_bit_scale_min_packing_round_trips(rng):
         np.testing.assert_array_equal(back[:, 1], mn)
 
 
-def block_weights(imp, b):
-    return imp[b * 256:(b + 1) * 256] if imp is not None else np.ones(256, np.float32)
+SPREAD = {"Q2_K": K.Q2K_SPREAD, "Q3_K": K.Q3K_SPREAD}
+
+
+def block_weights(imp, b, name, row):
+    """The error weights the encoder gives block b of a row."""
+    w = np.empty(256, np.float32)
+    imp = np.zeros(0, np.float32) if imp is None else imp
+    fits.block_weights(row, imp, b * 256, 256, w)
+    if name in SPREAD:
+        fits.favour_large(row, imp, b * 256, 256, w, SPREAD[name])
+    return w
 
 
 @pytest.mark.parametrize("name", list(AFFINE))
@@ -121,7 +131,7 @@ def test_affine_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             sc = np.empty(nsub, np.int32)
             mn = np.empty(nsub, np.int32)
             L = np.empty(256, np.int32)
-            d, dm = K._encode_affine_block(x, block_weights(imp, b), nsub, sub, nmax, smax,
+            d, dm = K._encode_affine_block(x, block_weights(imp, b, name, rows[r]), nsub, sub, nmax, smax,
                                            sc, mn, L)
             assert d == np.float16(d) and dm == np.float16(dm) and d >= 0 and dm >= 0
             assert sc.min() >= 0 and sc.max() <= smax and mn.min() >= 0 and mn.max() <= smax
@@ -145,7 +155,7 @@ def test_signed_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             x = rows[r, b * 256:(b + 1) * 256].copy()
             sc = np.empty(16, np.int32)
             L = np.empty(256, np.int32)
-            d = K._encode_signed_block(x, block_weights(imp, b), 16, 16, qlo, qhi, slo, shi,
+            d = K._encode_signed_block(x, block_weights(imp, b, name, rows[r]), 16, 16, qlo, qhi, slo, shi,
                                        scan, sc, L)
             assert d == np.float16(d)
             assert sc.min() >= slo and sc.max() <= shi and L.min() >= qlo and L.max() <= qhi

@@ -31,6 +31,22 @@ def block_weights(x, imp, o, n, w):
 
 
 @njit(inline="always")
+def favour_large(x, imp, o, n, w, spread):
+    """With an importance, multiply the weights of block x[o:o+n] by sqrt(spread * mean(x^2) +
+    x^2), so that large weights count more. Fitted by the importance alone, the 2- and 3-bit
+    K-quant rows come out shrunk toward zero (projection 0.94 where ggml's are at 0.96;
+    docs/encoders.md); weighed this way they are not."""
+    if imp.shape[0] == 0:
+        return
+    s2 = np.float32(0.0)
+    for i in range(n):
+        s2 += x[o + i] * x[o + i]
+    s2 = s2 * np.float32(spread) / np.float32(n)
+    for i in range(n):
+        w[i] *= np.sqrt(s2 + x[o + i] * x[o + i])
+
+
+@njit(inline="always")
 def clamp_round(v, lo, hi):
     return min(hi, max(lo, nearest_int(v)))
 

@@ -22,7 +22,8 @@ from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
-from .fits import affine_error, block_weights, clamp_round, fit_affine, fit_signed, signed_error, super_scale
+from .fits import (affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed, signed_error,
+                   super_scale)
 
 
 @njit(inline="always")
@@ -389,6 +390,12 @@ def encode_q5_k(x, imp, out):
     _encode_q45_k(x, imp, out, 31, 176)
 
 
+# With an importance, Q2_K and Q3_K weigh each error by it times sqrt(spread * mean(x^2) + x^2)
+# (fits.favour_large; the spreads are ggml's for these types). Q4_K and up are not shrunk.
+Q2K_SPREAD = 1.0
+Q3K_SPREAD = 2.0
+
+
 @njit
 def encode_q2_k(x, imp, out):
     w = np.empty(256, np.float32)
@@ -398,6 +405,7 @@ def encode_q2_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 84
         block_weights(x, imp, b * 256, 256, w)
+        favour_large(x, imp, b * 256, 256, w, Q2K_SPREAD)
         d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L)
         _zero(out, o, 84)
         for j in range(16):
@@ -421,6 +429,7 @@ def encode_q3_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 110
         block_weights(x, imp, b * 256, 256, w)
+        favour_large(x, imp, b * 256, 256, w, Q3K_SPREAD)
         d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, sc, L)
         _zero(out, o, 110)
         for i in range(256):
