@@ -10,8 +10,6 @@ K and i-quant type's mean projection is at least ggml's on the same rows minus 0
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import libgguf
 import numpy as np
 import pytest
@@ -22,9 +20,8 @@ from lowbit.quant.encode import quantize
 from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.types import all_types
 
-from conftest import real_model, type_params
+from conftest import real_model, shared_data, type_params
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 SHRINK_FAMILIES = ("k", "iq1", "iq2", "iq3", "iq4")
 TYPES = [t for t in all_types() if t.encode_row is not None and t.family in SHRINK_FAMILIES]
 TENSOR = "blk.10.ffn_down.weight"     # SmolLM2's rows of 1536, the ones K and i-quants can take
@@ -43,7 +40,7 @@ def smollm2_rows():
     g = open_gguf(real_model("smollm2-135m"))
     t = g.tensors[TENSOR]
     rows = dequantize(g.raw(TENSOR), t.qtype, t.shape)[::ROW_STEP]
-    imp = imx.load(DATA / "smollm2-135m.wiki.valid.imatrix").importance(TENSOR)
+    imp = imx.load(shared_data("smollm2-135m.wiki.valid.imatrix")).importance(TENSOR)
     return np.ascontiguousarray(rows, dtype=np.float32), np.asarray(imp, np.float32)
 
 
@@ -54,5 +51,4 @@ def test_real_rows_are_not_shrunk(qtype, smollm2_rows):
     ours = projection(rows, dequantize(quantize(rows, qtype, imp), qtype, rows.shape), imp)
     raw = np.asarray(libgguf.quantize_rows(rows, qtype.ggml_id, imatrix=imp), np.uint8)
     ref = projection(rows, dequantize(raw, qtype, rows.shape), imp)
-    print(f"{qtype.name}: projection {ours:.4f}, ggml's {ref:.4f}")
     assert ref - 0.01 <= ours <= 1.05, f"{qtype.name}: projection {ours:.4f}, ggml's {ref:.4f}"
