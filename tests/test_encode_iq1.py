@@ -131,8 +131,7 @@ def test_iq1_s_delta_sign_per_32(rng):
 
 def test_iq1_m_super_scale_split_over_four_words(rng):
     B, G = GROUPS["IQ1_M"]
-    d = np.float32(0.0123)
-    d = np.float32(np.float16(d))
+    d = np.float32(np.float16(0.0123))
     stored = lifted(d, "IQ1_M")
     bits = int(np.array([stored], np.float16).view(np.uint16)[0])
     assert len({(bits >> (4 * j)) & 15 for j in range(4)}) == 4    # four different nibbles

@@ -147,8 +147,9 @@ def block_weights(x, imp, o, w):
         s2 += x[o + i] * x[o + i]
     s2 /= 256.0
     m = 0.0
-    for i in range(imp.shape[0] and 256):
-        m = max(m, imp[o + i])
+    if imp.shape[0]:
+        for i in range(256):
+            m = max(m, imp[o + i])
     for i in range(256):
         w[i] = np.sqrt(s2 + x[o + i] * x[o + i])
         if imp.shape[0]:
