@@ -2,6 +2,7 @@
 the codes untouched: an experiment on the gain of a quantized model, not a quantizer.
 
     python bench/rescale_scales.py SOURCE QUANTIZED OUT IMATRIX [--target ls|unbiased] [--per-row]
+        [--factor F]
         [--types T1,T2] [--only REGEX]
 
 SOURCE is the model QUANTIZED was made from (a lowbit model name or a GGUF path), IMATRIX the
@@ -10,6 +11,7 @@ and q the quantized ones, the block's importance-weighted projection <q,x>_w / <
    ls        <q,x>_w^2 / (<x,x>_w <q,q>_w): the least-squares scale (smallest weighted error,
              the row shrunk toward zero by its relative error)
    unbiased  1
+(--factor F instead: every block's scale times F, whatever its projection.)
 (--per-row: one factor per row instead of per block). It prints each tensor's mean projection
 and relative weighted error before -> after. docs/encoders.md uses it on llama-quantize's IQ2_XXS
 file of Qwen2.5-Coder-1.5B: the same codes at the least-squares scales read a higher KLD.
@@ -42,6 +44,7 @@ def main(argv=None):
     p.add_argument("out")
     p.add_argument("imatrix")
     p.add_argument("--target", choices=["ls", "unbiased"], default="ls")
+    p.add_argument("--factor", type=float, help="multiply every scale by this instead of --target")
     p.add_argument("--per-row", action="store_true")
     p.add_argument("--types", default=",".join(SCALE_AT), help="the types to rescale")
     p.add_argument("--only", help="rescale only the tensors whose names match this regex")
@@ -72,7 +75,7 @@ def main(argv=None):
             sxx_, sqq_ = np.where(ok, sxx, 1), np.where(ok, sqq, 1)
             proj = np.where(ok, sxq / sxx_, 1.0)
             target = np.where(ok, sxq ** 2 / (sxx_ * sqq_), 1.0) if a.target == "ls" else 1.0
-            f = np.where(ok, target / proj, 1.0)
+            f = np.where(ok, target / proj, 1.0) if a.factor is None else np.full(proj.shape, a.factor)
             blocks = raw.reshape(-1, nb, t.qtype.type_size)
             for at in SCALE_AT[t.qtype.name]:
                 d = blocks[:, :, at:at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
