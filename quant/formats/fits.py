@@ -5,7 +5,7 @@ Two shapes of grid:
   * affine: x ~ a*L - b with L in [0, nmax] and b >= 0 (Q4_1, Q5_1; sub-blocks of Q2_K/Q4_K/Q5_K);
   * signed: x ~ a*L with L in [qlo, qhi] and a of either sign (Q4_0, Q5_0; Q3_K/Q6_K sub-blocks).
 Every fit minimises sum_i w_i (x_i - value_i)^2 over the group x[s:s+n]; w is the importance
-itself (the error that counts), or 1 without importance.
+(the error that counts; for Q2_K and Q3_K times favour_large's factor), or 1 without importance.
 """
 from __future__ import annotations
 

@@ -389,8 +389,9 @@ def _search_superblock(x, w, B, G, ws, L, idx, neg):
 
 @njit
 def _weights(x, imp, w):
-    """Per-weight error weights of a super-block: the importance itself (the error that counts)
-    with a small floor so that scales stay defined; plain squared error without importance."""
+    """Per-weight error weights of a super-block: the importance (with a small floor so that
+    scales stay defined) times (OUTLIER_SIGMA mean(x^2) + x^2)^OUTLIER_POWER, so that large
+    weights count more; plain squared error without importance."""
     if imp.shape[0] == 0:
         w[:] = 1.0
         return
