@@ -2,8 +2,10 @@
 
 For every requested type (a GGML type or a llama.cpp preset), with the importance matrix and,
 with --with-and-without-imatrix, without it, one entry: the file's size and bits per weight
-(whole file, and over the tensors that took the preset's own type), quantization seconds, PPL
-and KL-divergence against the source model on the evaluation text, and prompt/generation speed.
+(whole file, and over the tensors that took the preset's own type), quantization seconds and
+peak memory, PPL and KL-divergence against the source model on the evaluation text, and
+prompt/generation speed. With --llama-quantize, each preset is also made by llama.cpp's own
+quantizer (eval/llama_quantize.py) and measured the same way, as an entry of its own.
 
 The source model's exact weights are the base: its distributions on the evaluation text are
 stored once (base.kld) and every entry is compared against them. Everything lands in the output
@@ -29,8 +31,9 @@ from lowbit.quant.gguffile import open_gguf
 from lowbit.quant.quantize_model import quantize_model
 from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOptions, RecipeError, resolve_target
 
+from .llama_quantize import LLAMA_QUANTIZE, check_binary, run_llama_quantize
 from .loading import read_text, write_atomically
-from .report import alloc_budget, alloc_name
+from .report import LOWBIT, alloc_budget, alloc_name
 
 RESULTS = "results.json"
 
@@ -58,6 +61,7 @@ class LadderConfig:
     keep_files: bool = True
     allocate: list[float] = field(default_factory=list)   # --target-bpw mixes to add (bits per weight)
     sensitivity_tokens: int = 512
+    llama_quantize: Path | None = None   # llama.cpp's llama-quantize: its files as entries beside lowbit's
 
     def settings(self) -> dict:
         """What an entry's quality depends on: a change recomputes every entry."""
@@ -100,6 +104,8 @@ class LadderConfig:
                 raise LadderError(f"{path} does not exist")
         if not self.types:
             raise LadderError("--types needs at least one type")
+        if self.llama_quantize is not None:
+            check_binary(self.llama_quantize)
 
 
 @dataclass
@@ -115,6 +121,8 @@ class Entry:
     type_share: float = 0.0          # the share of the weights those tensors hold
     type_counts: dict = field(default_factory=dict)
     quantize_seconds: float = 0.0
+    quantize_peak_bytes: int = 0     # peak resident memory while quantizing (0: not measured)
+    quantizer: str = LOWBIT          # LOWBIT or LLAMA_QUANTIZE
     ppl: float = 0.0
     ppl_error: float = 0.0
     kld: dict = field(default_factory=dict)
@@ -123,7 +131,8 @@ class Entry:
 
     @property
     def key(self) -> str:
-        return f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
+        key = f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
+        return key if self.quantizer == LOWBIT else f"{key}/{self.quantizer}"
 
 
 
@@ -137,10 +146,13 @@ def entries_to_run(cfg: LadderConfig) -> list[Entry]:
             preset, _ = resolve_target(name)
         except RecipeError as e:
             raise LadderError(str(e)) from None
-        out.append(Entry(preset.name, True))
-        if cfg.with_and_without:
-            needs = preset.default in NEEDS_IMATRIX or preset.name in PRESETS_NEEDING_IMATRIX
-            out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok"))
+        needs = preset.default in NEEDS_IMATRIX or preset.name in PRESETS_NEEDING_IMATRIX
+        quantizers = [LOWBIT] + ([LLAMA_QUANTIZE] if cfg.llama_quantize is not None else [])
+        for quantizer in quantizers:
+            out.append(Entry(preset.name, True, quantizer=quantizer))
+            if cfg.with_and_without:
+                out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok",
+                                 quantizer=quantizer))
     out += [Entry(alloc_name(b), True) for b in cfg.allocate]
     return out
 
@@ -190,7 +202,8 @@ class Evaluation:
 
 
 def entry_file_name(model: Path, entry: Entry) -> str:
-    return f"{model.stem}-{entry.type}{'' if entry.imatrix else '-noimatrix'}.gguf"
+    by = "" if entry.quantizer == LOWBIT else f"-{entry.quantizer}"
+    return f"{model.stem}-{entry.type}{'' if entry.imatrix else '-noimatrix'}{by}.gguf"
 
 
 def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str | None, im, imatrix_label: str,
@@ -199,40 +212,50 @@ def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str 
     in the file as imatrix_label) and measure the file against the base; a quantization that
     fails is the entry's status. `default`: the preset's own type (None for a mix). Runs in
     this process or in a cluster's worker (eval/ladder_cluster.py)."""
+    from .speed import peak_rss_bytes, reset_peak_rss
     try:
         stage(f"{entry.key}: quantize")
+        measured = reset_peak_rss()
         summary = quantize_model(src, out, opts, im if entry.imatrix else None,
                                  allow_requantize=True, imatrix_path=imatrix_label if entry.imatrix else None)
     except LowbitError as e:
         entry.status = f"failed: {e}"
         return entry
-    entry.file, entry.file_bytes = str(out), summary.file_bytes
-    entry.n_params, entry.bpw = summary.n_params, summary.bpw
-    if default is not None:
-        entry.type_bpw, entry.type_share = _requested_type_share(summary, src, default)
-    entry.type_counts = dict(summary.type_counts)
     entry.quantize_seconds = summary.seconds
+    entry.quantize_peak_bytes = peak_rss_bytes() if measured else 0
+    describe_file(entry, out, default)
+    return evaluate_entry(entry, out, ev, stage)
+
+
+def describe_file(entry: Entry, path: Path, default: str | None) -> None:
+    """The entry's size fields from the file itself (whoever wrote it): bytes, bits per weight
+    over all tensors, tensors per type, and the bits and weight share of the preset's own type."""
+    f = open_gguf(path)
+    entry.file, entry.file_bytes = str(path), f.file_bytes
+    tensors = list(f.tensors.values())
+    entry.n_params = sum(t.n_elements for t in tensors)
+    entry.bpw = 8.0 * sum(t.n_bytes for t in tensors) / entry.n_params if entry.n_params else 0.0
+    entry.type_counts = {}
+    for t in tensors:
+        entry.type_counts[t.qtype.name] = entry.type_counts.get(t.qtype.name, 0) + 1
+    if default is not None:
+        own = [t for t in tensors if t.qtype.name == default]
+        params = sum(t.n_elements for t in own)
+        entry.type_bpw = 8.0 * sum(t.n_bytes for t in own) / params if params else 0.0
+        entry.type_share = params / entry.n_params if entry.n_params else 0.0
+
+
+def evaluate_entry(entry: Entry, path: Path, ev: Evaluation, stage: Callable[[str], None]) -> Entry:
+    """PPL and KLD of the entry's file against the base, read by lowbit."""
     from .kld import compare_to_base
     from .loading import load_model
     stage(f"{entry.key}: perplexity and KLD")
     start = time.perf_counter()
-    model, tok = load_model(out)
+    model, tok = load_model(path)
     res, kld = compare_to_base(model, tok, ev.text, ev.base, ev.n_ctx, ev.chunks)
     entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
     entry.eval_seconds = time.perf_counter() - start
     return entry
-
-
-def _requested_type_share(summary, src, preset_default: str) -> tuple[float, float]:
-    """Bits per weight over the tensors that took the preset's own type, and their weight share."""
-    params = n_bytes = 0
-    for c in summary.choices:
-        if c.qtype.name == preset_default:
-            t = src.tensors[c.name]
-            params += t.n_elements
-            n_bytes += c.qtype.row_bytes(t.n_cols) * (t.n_elements // t.n_cols)
-    bpw = 8.0 * n_bytes / params if params else 0.0
-    return bpw, (params / summary.n_params if summary.n_params else 0.0)
 
 
 class Ladder:
@@ -329,15 +352,28 @@ class Ladder:
 
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
+        ev = Evaluation(self._eval_text(), base, c.n_ctx, c.chunks)
+        out = c.out_dir / entry_file_name(c.model, entry)
+        if entry.quantizer == LLAMA_QUANTIZE:
+            self.stage(f"{entry.key}: quantize")
+            try:
+                entry.quantize_seconds, entry.quantize_peak_bytes = run_llama_quantize(
+                    c.llama_quantize, c.model, out, entry.type, c.imatrix_path() if entry.imatrix else None,
+                    c.threads)
+            except LowbitError as e:
+                entry.status = f"failed: {e}"
+                return entry
+            describe_file(entry, out, resolve_target(entry.type)[0].default)
+            entry = evaluate_entry(entry, out, ev, self.stage)
+            entry.file = c.stored(entry.file)
+            return entry
         src = open_gguf(c.model)
         try:
             opts, default = self.entry_plan(entry, src, im)
         except LowbitError as e:
             entry.status = f"failed: {e}"
             return entry
-        entry = measure_entry(entry, src, c.out_dir / entry_file_name(c.model, entry), opts, default, im,
-                              str(c.imatrix_path()), Evaluation(self._eval_text(), base, c.n_ctx, c.chunks),
-                              self.stage)
+        entry = measure_entry(entry, src, out, opts, default, im, str(c.imatrix_path()), ev, self.stage)
         if entry.file:
             entry.file = c.stored(entry.file)
         return entry

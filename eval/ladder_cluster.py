@@ -37,7 +37,7 @@ from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import PlanOptions
 
 from .cluster import RemoteModel, scratch_folder, task
-from .ladder import Entry, Evaluation, Ladder, entries_to_run, entry_file_name, load_results, measure_entry, save_results
+from .ladder import Entry, Evaluation, Ladder, LadderError, entries_to_run, entry_file_name, load_results, measure_entry, save_results
 from .loading import write_atomically
 from .perplexity import PerplexityResult
 
@@ -135,6 +135,8 @@ def collect_imatrix_on_cluster(ladder: Ladder, path: Path) -> None:
 
 def run_on_cluster(ladder: Ladder) -> dict:
     c, cluster, stage = ladder.cfg, ladder.cluster, ladder.stage
+    if c.llama_quantize is not None:
+        raise LadderError("--llama-quantize runs on this machine only: leave out --cluster")
     todo = entries_to_run(c)
     if not c.out_dir.is_dir():
         c.out_dir.mkdir(parents=True)

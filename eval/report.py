@@ -63,6 +63,26 @@ def is_allocated(e: dict) -> bool:
     return alloc_budget(e["type"]) is not None
 
 
+LOWBIT = "lowbit"
+
+
+def quantizer(e: dict) -> str:
+    """Who made the entry's file (results written before llama-quantize entries: lowbit)."""
+    return e.get("quantizer", LOWBIT)
+
+
+def by_llama(e: dict) -> bool:
+    return quantizer(e) != LOWBIT
+
+
+def _name(e: dict) -> str:
+    return e["type"] + (f" ({quantizer(e)})" if by_llama(e) else "")
+
+
+def _peak_cell(e: dict) -> str:
+    return f"{e['quantize_peak_bytes'] / MiB:.0f}" if e.get("quantize_peak_bytes") else ""
+
+
 def _type_bpw(e: dict) -> str:
     if is_allocated(e):
         return "per-tensor mix"
@@ -86,24 +106,56 @@ def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
         "took the preset's own type, with their share of the weights (the rest are fallbacks, the "
         "embedding and the tensors the preset's rules favour). KLD against the base, mean +/- its "
         "standard error; same top: how often the most likely token agrees.", "",
-        "| type | imatrix | MiB | bpw (file) | bpw (type, share) | quantize s | PPL | PPL ratio "
-        "| mean KLD | 99% KLD | same top | pp t/s | tg t/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| type | imatrix | MiB | bpw (file) | bpw (type, share) | quantize s | quantize peak MiB | PPL "
+        "| PPL ratio | mean KLD | 99% KLD | same top | pp t/s | tg t/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in sorted(data["entries"].values(), key=lambda e: (-(e["bpw"] or 0), not e["imatrix"])):
         im = "yes" if e["imatrix"] else "no"
         if e["status"] != "ok":
-            lines.append(f"| {e['type']} | {im} | {e['status']} |  |  |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {_name(e)} | {im} | {e['status']} |  |  |  |  |  |  |  |  |  |  |  |")
             continue
         k = e["kld"]
         lines.append(
-            f"| {e['type']} | {im} | {e['file_bytes'] / MiB:.1f} | {e['bpw']:.3f} "
-            f"| {_type_bpw(e)} | {e['quantize_seconds']:.1f} "
+            f"| {_name(e)} | {im} | {e['file_bytes'] / MiB:.1f} | {e['bpw']:.3f} "
+            f"| {_type_bpw(e)} | {e['quantize_seconds']:.1f} | {_peak_cell(e)} "
             f"| {e['ppl']:.4f} | {k['ppl_ratio']:.4f} | {k['mean']:.5f} +/- {k['stderr']:.5f} "
             f"| {k['p99']:.4f} | {100 * k['same_top']:.2f} % | {_tps_cell(tps(e, data, 'pp_tps'), 0)} "
             f"| {_tps_cell(tps(e, data, 'tg_tps'), 1)} |")
+    lines += head_to_head(data)
     for p in plots:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
     return "\n".join(lines) + "\n"
+
+
+def head_to_head(data: dict) -> list[str]:
+    """lowbit against llama-quantize at each preset both made (same source, importance matrix
+    and threads): the lines of a markdown section, none without llama-quantize entries."""
+    ok = [e for e in data["entries"].values() if e["status"] == "ok"]
+    theirs = {(e["type"], e["imatrix"]): e for e in ok if by_llama(e)}
+    pairs = [(e, theirs[(e["type"], e["imatrix"])]) for e in ok
+             if not by_llama(e) and (e["type"], e["imatrix"]) in theirs]
+    if not pairs:
+        return []
+    lines = ["", "## lowbit against llama-quantize", "",
+             "The same preset, source file, importance matrix and threads; both files measured here by "
+             "lowbit. KLD ratio below 1: lowbit's file is closer to the base. Quantize time and peak "
+             "resident memory: llama-quantize as a child process (its own peak); lowbit in the ladder's "
+             "process (the peak reset before it, so the ladder's own memory counts too).", "",
+             "| preset | imatrix | MiB lowbit / llama | mean KLD lowbit / llama | KLD ratio "
+             "| PPL lowbit / llama | same top lowbit / llama | quantize s lowbit / llama "
+             "| peak MiB lowbit / llama |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for ours, llama in sorted(pairs, key=lambda p: (-p[0]["bpw"], not p[0]["imatrix"])):
+        ko, kl = ours["kld"]["mean"], llama["kld"]["mean"]
+        lines.append(
+            f"| {ours['type']} | {'yes' if ours['imatrix'] else 'no'} "
+            f"| {ours['file_bytes'] / MiB:.1f} / {llama['file_bytes'] / MiB:.1f} "
+            f"| {ko:.5f} / {kl:.5f} | {ko / kl if kl else float('nan'):.3f} "
+            f"| {ours['ppl']:.3f} / {llama['ppl']:.3f} "
+            f"| {100 * ours['kld']['same_top']:.2f} / {100 * llama['kld']['same_top']:.2f} % "
+            f"| {ours['quantize_seconds']:.0f} / {llama['quantize_seconds']:.0f} "
+            f"| {_peak_cell(ours) or '-'} / {_peak_cell(llama) or '-'} |")
+    return lines
 
 
 def _figure(title: str, cap: str):
@@ -141,19 +193,22 @@ def _kld_for_plot(rows: list[dict]) -> dict[int, float]:
             for e in rows}
 
 
-def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = None) -> Path:
-    """Mean KLD against bits per weight (log y), with and without imatrix, the Pareto front
-    drawn through the best entries; `extra` adds other series (name, points)."""
+def plot_kld(data: dict, path: Path, machine: str) -> Path:
+    """Mean KLD against bits per weight (log y): presets with and without imatrix, by lowbit and
+    by llama-quantize, lowbit's mixes, and the Pareto front drawn through the best entries."""
     rows = ok_entries(data)
     y = _kld_for_plot(rows)
     fig, ax, plt = _figure("KL-divergence against size", caption(data, machine))
-    series = ((True, "o", "presets with importance matrix"), (False, "s", "presets without"))
-    for with_im, marker, label in series:
-        sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e)]
+    series = ((True, False, "o", "C0", "lowbit presets with importance matrix"),
+              (False, False, "s", "C0", "lowbit presets without"),
+              (True, True, "^", "C3", "llama-quantize presets with importance matrix"),
+              (False, True, "v", "C3", "llama-quantize presets without"))
+    for with_im, llama, marker, color, label in series:
+        sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e) and by_llama(e) == llama]
         if not sel:
             continue
         ax.scatter([e["bpw"] for e in sel], [y[id(e)] for e in sel], marker=marker,
-                   facecolors="C0" if with_im else "none", edgecolors="C0", label=label, zorder=3)
+                   facecolors=color if with_im else "none", edgecolors=color, label=label, zorder=3)
         for e in sel:
             name = e["type"] + (f" = the base (KLD {e['kld']['mean']:.0e})" if e["kld"]["mean"] < NEAR_ZERO else "")
             ax.annotate(name, (e["bpw"], y[id(e)]), fontsize=7,
@@ -170,9 +225,6 @@ def plot_kld(data: dict, path: Path, machine: str, extra: list[dict] | None = No
             budgets = ", ".join(f"{alloc_budget(e['type']):g}" for e in same)
             ax.annotate(f"{same[0]['bpw']:.2f} bpw mix (budget {budgets})", (same[0]["bpw"], y[id(same[0])]),
                         fontsize=7, xytext=(4, 6), textcoords="offset points", color="C2")
-    for i, series in enumerate(extra or []):
-        ax.scatter([p[0] for p in series["points"]], [p[1] for p in series["points"]], marker="^",
-                   color=f"C{i + 2}", label=series["name"], zorder=3)
     pts = [(e["bpw"], y[id(e)]) for e in rows]
     front = pareto(pts)
     if front:

@@ -139,3 +139,66 @@ def test_absolute_paths_of_older_results_become_relative(setup, tmp_path):
     (out / "results.json").write_text(json.dumps(old))
     data = L.load_results(cfg)
     assert data["settings"] == cfg.settings() and data["entries"]["Q8_0/imatrix"]["file"] == "m-Q8_0.gguf"
+
+
+# A stand-in for llama.cpp's llama-quantize that takes its command line (`--allow-requantize
+# [--imatrix F] IN OUT TYPE THREADS`) and makes the file with lowbit: the real binary is the
+# user's own build, outside CI; this holds how the ladder calls, times and measures it.
+STAND_IN = '''#!{python}
+import sys
+from lowbit.eval.cli import main
+args = sys.argv[1:]
+assert args.pop(0) == "--allow-requantize"
+imatrix = []
+if args[0] == "--imatrix":
+    imatrix = ["--imatrix", args[1]]
+    args = args[2:]
+src, out, preset, threads = args
+if preset == "{refuse}":
+    print("main: invalid ftype " + preset)
+    sys.exit(1)
+sys.exit(main(["quantize", src, out, preset, "--allow-requantize", "-t", threads] + imatrix))
+'''
+
+
+def stand_in(tmp_path, refuse: str = "none"):
+    import os
+    import sys
+    path = tmp_path / "llama-quantize"
+    path.write_text(STAND_IN.format(python=sys.executable, refuse=refuse))
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_llama_quantize_entries_beside_lowbit_s(setup, tmp_path):
+    out = tmp_path / "both"
+    cfg = L.LadderConfig(model=setup[0], eval_text=setup[1], out_dir=out, types=["Q4_K_M", "Q2_K"],
+                         calib_text=setup[1], n_ctx=32, chunks=2, calib_chunks=4, threads=1, bench_prompt=0,
+                         bench_gen=0, llama_quantize=stand_in(tmp_path, refuse="Q2_K"))
+    e = L.Ladder(cfg).run()["entries"]
+    assert list(e) == ["Q4_K_M/imatrix", "Q4_K_M/imatrix/llama-quantize", "Q2_K/imatrix",
+                       "Q2_K/imatrix/llama-quantize"]
+    ours, theirs = e["Q4_K_M/imatrix"], e["Q4_K_M/imatrix/llama-quantize"]
+    assert theirs["status"] == "ok" and theirs["quantizer"] == "llama-quantize"
+    assert theirs["file"] == "m-Q4_K_M-llama-quantize.gguf" and (out / theirs["file"]).exists()
+    # The stand-in quantizes with lowbit: the same file, so the same sizes and the same KLD.
+    for key in ("file_bytes", "n_params", "bpw", "type_bpw", "type_share", "type_counts", "kld", "ppl"):
+        assert theirs[key] == ours[key], key
+    assert theirs["quantize_seconds"] > 0 and ours["quantize_seconds"] > 0
+    # Peaks of whole processes: more than the interpreter alone, less than this machine.
+    for r in (ours, theirs):
+        assert 30 * 2 ** 20 < r["quantize_peak_bytes"] < 64 * 2 ** 30
+    refused = e["Q2_K/imatrix/llama-quantize"]["status"]
+    assert refused == "failed: llama-quantize Q2_K exited with 1: main: invalid ftype Q2_K"
+    assert not (out / "m-Q2_K-llama-quantize.gguf").exists()
+    from lowbit.eval.report import markdown
+    text = markdown(L.load_results(cfg), "here")
+    assert "| Q4_K_M (llama-quantize) | yes |" in text and "## lowbit against llama-quantize" in text
+    assert "| Q4_K_M | yes | " in text.split("## lowbit against llama-quantize")[1]
+
+
+def test_llama_quantize_that_is_not_a_program(setup, tmp_path):
+    model, text = setup
+    done = lowbit("ladder", model, "-f", text, "--calib", text, "--types", "Q4_K_M", "-o", tmp_path / "x",
+                  "--llama-quantize", tmp_path / "nowhere")
+    assert_one_sentence(done, "is not an executable file")

@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     s.add_argument("--allocate", metavar="B1,B2,...",
                    help="also lowbit's own per-tensor mixes at these bits per weight (needs --calib)")
     s.add_argument("--sensitivity-tokens", type=int, default=512)
+    s.add_argument("--llama-quantize", metavar="PATH",
+                   help="llama.cpp's llama-quantize binary: each preset also made by it (same source, importance "
+                        "matrix and threads) and measured by lowbit, as entries of their own")
     s.add_argument("--cluster", metavar="ADDRESS",
                    help="run the entries and the sensitivity on a running Dask cluster (tcp://HOST:8786; "
                         "pip install 'lowbit[cluster]'): quality only, no speed, the files deleted on the workers")
@@ -60,7 +63,8 @@ def run(args) -> int:
         chunks=args.chunks, calib_chunks=args.calib_chunks, threads=args.threads,
         bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
         keep_files=not args.delete_files, allocate=floats(args.allocate, "--allocate"),
-        sensitivity_tokens=args.sensitivity_tokens)
+        sensitivity_tokens=args.sensitivity_tokens,
+        llama_quantize=Path(args.llama_quantize) if args.llama_quantize else None)
     set_threads(args.threads)
     bar = Progress("ladder", unit="stages")
     with connected(args.cluster) as cluster:
