@@ -4,7 +4,8 @@
         [--imatrix FILE] [--layers 0,7,15,22,29] [--json OUT]
 
 Rows: the real models' weight matrices whose rows are multiples of 256 (SmolLM2 ffn_down; Gemma
-attn_output and ffn_down), decoded exactly from the file. For each type, the error
+attn_output and ffn_down; Qwen2.5-Coder-1.5B ffn_down and ffn_up, real-size shapes), decoded
+exactly from the file. For each type, the error
 E = sum_i imp_i (x_i - q_i)^2, with imp the importance matrix (mean squared activations), of
 lowbit's encoding and of libgguf's on the same rows and importance; the ratio is ours / theirs
 (below 1: lowbit is better). Without importance the error is unweighted and both encoders get
@@ -33,9 +34,11 @@ from lowbit.quant.gguffile import open_gguf  # noqa: E402
 from lowbit.quant.types import all_types, by_name  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-TENSORS = {"smollm2-135m": ["ffn_down"], "gemma3-270m": ["attn_output", "ffn_down"]}
-DEFAULT_LAYERS = {"smollm2-135m": [0, 7, 15, 22, 29], "gemma3-270m": [0, 6, 12, 17]}
-DEFAULT_IMATRIX = {"smollm2-135m": DATA / "smollm2-135m.wiki.valid.imatrix"}
+TENSORS = {"smollm2-135m": ["ffn_down"], "gemma3-270m": ["attn_output", "ffn_down"],
+           "qwen2.5-coder-1.5b": ["ffn_down", "ffn_up"]}      # 1536 x 8960 and 8960 x 1536
+DEFAULT_LAYERS = {"smollm2-135m": [0, 7, 15, 22, 29], "gemma3-270m": [0, 6, 12, 17], "qwen2.5-coder-1.5b": [14]}
+DEFAULT_IMATRIX = {"smollm2-135m": DATA / "smollm2-135m.wiki.valid.imatrix",
+                   "qwen2.5-coder-1.5b": DATA / "qwen2.5-coder-1.5b.wiki.valid.imatrix.gguf"}
 
 
 def reference_quantize(rows, qtype, imp):

@@ -62,6 +62,20 @@ class LadderConfig:
     allocate: list[float] = field(default_factory=list)   # --target-bpw mixes to add (bits per weight)
     sensitivity_tokens: int = 512
     llama_quantize: Path | None = None   # llama.cpp's llama-quantize: its files as entries beside lowbit's
+    extra_text: str | None = None    # a second evaluation text (a file, or "python-stdlib"): PPL and KLD
+    extra_chunks: int | None = 20
+
+    def extra_settings(self) -> dict | None:
+        """What the entries' second-text figures depend on (None: no second text)."""
+        if self.extra_text is None:
+            return None
+        from .code_text import PYTHON_STDLIB, sample_name
+        name = sample_name() if self.extra_text == PYTHON_STDLIB else Path(self.extra_text).name
+        return {"text": name, "n_ctx": self.n_ctx, "chunks": self.extra_chunks}
+
+    def read_extra_text(self) -> str:
+        from .code_text import PYTHON_STDLIB, python_stdlib_sample
+        return python_stdlib_sample() if self.extra_text == PYTHON_STDLIB else read_text(self.extra_text)
 
     def settings(self) -> dict:
         """What an entry's quality depends on: a change recomputes every entry."""
@@ -99,7 +113,9 @@ class LadderConfig:
         if self.imatrix is None and self.calib_text is None:
             raise LadderError("give --imatrix FILE or --calib TEXT (or both: --calib then only measures "
                               "the sensitivity that --allocate needs)")
-        for path in (self.eval_text, self.calib_text, self.imatrix):
+        from .code_text import PYTHON_STDLIB
+        extra = None if self.extra_text == PYTHON_STDLIB else self.extra_text
+        for path in (self.eval_text, self.calib_text, self.imatrix, extra):
             if path is not None and not Path(path).is_file():
                 raise LadderError(f"{path} does not exist")
         if not self.types:
@@ -128,6 +144,7 @@ class Entry:
     kld: dict = field(default_factory=dict)
     eval_seconds: float = 0.0
     speed: dict = field(default_factory=dict)   # settings, pp_tps, tg_tps (empty: not measured)
+    extra: dict = field(default_factory=dict)   # ppl, ppl_error, kld on the second text (empty: none)
 
     @property
     def key(self) -> str:
@@ -207,7 +224,7 @@ def entry_file_name(model: Path, entry: Entry) -> str:
 
 
 def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str | None, im, imatrix_label: str,
-                  ev: Evaluation, stage: Callable[[str], None]) -> Entry:
+                  ev: Evaluation, stage: Callable[[str], None], extra: Evaluation | None = None) -> Entry:
     """Quantize src to out by opts (with im if the entry takes the importance matrix, recorded
     in the file as imatrix_label) and measure the file against the base; a quantization that
     fails is the entry's status. `default`: the preset's own type (None for a mix). Runs in
@@ -224,7 +241,7 @@ def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str 
     entry.quantize_seconds = summary.seconds
     entry.quantize_peak_bytes = peak_rss_bytes() if measured else 0
     describe_file(entry, out, default)
-    return evaluate_entry(entry, out, ev, stage)
+    return evaluate_entry(entry, out, ev, stage, extra)
 
 
 def describe_file(entry: Entry, path: Path, default: str | None) -> None:
@@ -245,8 +262,10 @@ def describe_file(entry: Entry, path: Path, default: str | None) -> None:
         entry.type_share = params / entry.n_params if entry.n_params else 0.0
 
 
-def evaluate_entry(entry: Entry, path: Path, ev: Evaluation, stage: Callable[[str], None]) -> Entry:
-    """PPL and KLD of the entry's file against the base, read by lowbit."""
+def evaluate_entry(entry: Entry, path: Path, ev: Evaluation, stage: Callable[[str], None],
+                   extra: Evaluation | None = None) -> Entry:
+    """PPL and KLD of the entry's file against the base, read by lowbit (and on the second
+    text, if there is one, into entry.extra)."""
     from .kld import compare_to_base
     from .loading import load_model
     stage(f"{entry.key}: perplexity and KLD")
@@ -255,7 +274,16 @@ def evaluate_entry(entry: Entry, path: Path, ev: Evaluation, stage: Callable[[st
     res, kld = compare_to_base(model, tok, ev.text, ev.base, ev.n_ctx, ev.chunks)
     entry.ppl, entry.ppl_error, entry.kld = res.ppl, res.ppl_error, kld
     entry.eval_seconds = time.perf_counter() - start
+    if extra is not None:
+        stage(f"{entry.key}: perplexity and KLD on the second text")
+        entry.extra = evaluate_extra(model, tok, extra)
     return entry
+
+
+def evaluate_extra(model, tok, ev: Evaluation) -> dict:
+    from .kld import compare_to_base
+    res, kld = compare_to_base(model, tok, ev.text, ev.base, ev.n_ctx, ev.chunks)
+    return {"ppl": res.ppl, "ppl_error": res.ppl_error, "kld": kld}
 
 
 class Ladder:
@@ -269,6 +297,7 @@ class Ladder:
         self.set_threads = set_threads or (lambda n: None)
         self.cluster = cluster
         self.text = None
+        self.extra_ev = None             # the second text's Evaluation, once its base exists
 
     # --- the pieces computed once ---
 
@@ -309,6 +338,36 @@ class Ladder:
         data["base"] = self.base_record(res)
         save_results(self.cfg, data)
         return path
+
+    def ensure_extra_base(self, data: dict) -> None:
+        """The base distributions on the second text (base-extra.kld); a change of that text, -c
+        or its chunks drops what the entries measured on the old one."""
+        c = self.cfg
+        wanted = c.extra_settings()
+        path = c.out_dir / "base-extra.kld"
+        text = c.read_extra_text()
+        if (data.get("extra") or {}).get("settings") != wanted or not path.exists():
+            from .kld import write_base
+            from .loading import load_model
+            self.stage("base distributions on the second text")
+            model, tok = load_model(c.model)
+            res = write_base(model, tok, text, wanted["text"], path, c.n_ctx, c.extra_chunks)
+            data["extra"] = {"settings": wanted, "base": {"ppl": res.ppl, "ppl_error": res.ppl_error,
+                                                          "chunks": res.n_chunks}}
+            for record in data["entries"].values():
+                record["extra"] = {}
+            save_results(c, data)
+        self.extra_ev = Evaluation(text, path, c.n_ctx, c.extra_chunks)
+
+    def measure_extra(self, record: dict, path: Path, what: str) -> None:
+        """Fill record["extra"] for an entry measured before the second text was asked for, if
+        its file is still there."""
+        if self.extra_ev is None or record.get("extra") or not path.exists():
+            return
+        from .loading import load_model
+        self.stage(f"{what}: perplexity and KLD on the second text")
+        model, tok = load_model(path)
+        record["extra"] = evaluate_extra(model, tok, self.extra_ev)
 
     def base_record(self, res) -> dict:
         """results.json's base: the source file and its perplexity result."""
@@ -364,7 +423,7 @@ class Ladder:
                 entry.status = f"failed: {e}"
                 return entry
             describe_file(entry, out, resolve_target(entry.type)[0].default)
-            entry = evaluate_entry(entry, out, ev, self.stage)
+            entry = evaluate_entry(entry, out, ev, self.stage, self.extra_ev)
             entry.file = c.stored(entry.file)
             return entry
         src = open_gguf(c.model)
@@ -373,7 +432,8 @@ class Ladder:
         except LowbitError as e:
             entry.status = f"failed: {e}"
             return entry
-        entry = measure_entry(entry, src, out, opts, default, im, str(c.imatrix_path()), ev, self.stage)
+        entry = measure_entry(entry, src, out, opts, default, im, str(c.imatrix_path()), ev, self.stage,
+                              self.extra_ev)
         if entry.file:
             entry.file = c.stored(entry.file)
         return entry
@@ -390,6 +450,8 @@ class Ladder:
         data = load_results(c)
         im = imx.load(self.ensure_imatrix()) if any(e.imatrix for e in todo) else None
         base = self.ensure_base(data)
+        if c.extra_text is not None:
+            self.ensure_extra_base(data)
         self.measure_speed(data["base"], c.model, "base")
         save_results(c, data)
         for entry in todo:
@@ -400,6 +462,7 @@ class Ladder:
                 record = data["entries"][entry.key] = asdict(entry)
                 save_results(c, data)
             if record["status"] == "ok" and record["file"]:
+                self.measure_extra(record, c.resolved(record["file"]), entry.key)
                 self.measure_speed(record, c.resolved(record["file"]), entry.key)
                 if not c.keep_files:
                     c.resolved(record["file"]).unlink(missing_ok=True)

@@ -79,6 +79,16 @@ def _name(e: dict) -> str:
     return e["type"] + (f" ({quantizer(e)})" if by_llama(e) else "")
 
 
+def extra_kld(e: dict) -> float | None:
+    """The entry's mean KLD on the second text, if measured."""
+    return (e.get("extra") or {}).get("kld", {}).get("mean")
+
+
+def _extra_cell(e: dict) -> str:
+    v = extra_kld(e)
+    return "" if v is None else f"{v:.5f}"
+
+
 def _peak_cell(e: dict) -> str:
     return f"{e['quantize_peak_bytes'] / MiB:.0f}" if e.get("quantize_peak_bytes") else ""
 
@@ -101,18 +111,24 @@ def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
                   + (f", pp {tps(base, data, 'pp_tps') or 0:.0f} t/s, tg {tps(base, data, 'tg_tps') or 0:.1f} t/s"
                      if speed_settings(data) else ""),
                   ""]
+    extra = data.get("extra")
+    if extra:
+        eb = extra["base"]
+        lines += [f"Second text: {extra['settings']['text']}, {eb['chunks']} chunks; the base's PPL there "
+                  f"{eb['ppl']:.4f} +/- {eb['ppl_error']:.4f}. Its column: each entry's mean KLD on it.", ""]
     lines += [
         "bpw (file): bits per weight over all quantizable tensors; bpw (type): over the tensors that "
         "took the preset's own type, with their share of the weights (the rest are fallbacks, the "
         "embedding and the tensors the preset's rules favour). KLD against the base, mean +/- its "
         "standard error; same top: how often the most likely token agrees.", "",
         "| type | imatrix | MiB | bpw (file) | bpw (type, share) | quantize s | quantize peak MiB | PPL "
-        "| PPL ratio | mean KLD | 99% KLD | same top | pp t/s | tg t/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| PPL ratio | mean KLD | 99% KLD | same top | pp t/s | tg t/s |" + (" mean KLD, second text |" if extra else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
     for e in sorted(data["entries"].values(), key=lambda e: (-(e["bpw"] or 0), not e["imatrix"])):
         im = "yes" if e["imatrix"] else "no"
         if e["status"] != "ok":
-            lines.append(f"| {_name(e)} | {im} | {e['status']} |  |  |  |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {_name(e)} | {im} | {e['status']} |  |  |  |  |  |  |  |  |  |  |  |"
+                         + (" |" if extra else ""))
             continue
         k = e["kld"]
         lines.append(
@@ -120,7 +136,7 @@ def markdown(data: dict, machine: str, plots: list[str] = ()) -> str:
             f"| {_type_bpw(e)} | {e['quantize_seconds']:.1f} | {_peak_cell(e)} "
             f"| {e['ppl']:.4f} | {k['ppl_ratio']:.4f} | {k['mean']:.5f} +/- {k['stderr']:.5f} "
             f"| {k['p99']:.4f} | {100 * k['same_top']:.2f} % | {_tps_cell(tps(e, data, 'pp_tps'), 0)} "
-            f"| {_tps_cell(tps(e, data, 'tg_tps'), 1)} |")
+            f"| {_tps_cell(tps(e, data, 'tg_tps'), 1)} |" + (f" {_extra_cell(e)} |" if extra else ""))
     lines += head_to_head(data)
     for p in plots:
         lines += ["", f"![{Path(p).stem}]({Path(p).name})"]
@@ -143,8 +159,8 @@ def head_to_head(data: dict) -> list[str]:
              "process (the peak reset before it, so the ladder's own memory counts too).", "",
              "| preset | imatrix | MiB lowbit / llama | mean KLD lowbit / llama | KLD ratio "
              "| PPL lowbit / llama | same top lowbit / llama | quantize s lowbit / llama "
-             "| peak MiB lowbit / llama |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak MiB lowbit / llama | mean KLD, second text, lowbit / llama |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for ours, llama in sorted(pairs, key=lambda p: (-p[0]["bpw"], not p[0]["imatrix"])):
         ko, kl = ours["kld"]["mean"], llama["kld"]["mean"]
         lines.append(
@@ -154,7 +170,8 @@ def head_to_head(data: dict) -> list[str]:
             f"| {ours['ppl']:.3f} / {llama['ppl']:.3f} "
             f"| {100 * ours['kld']['same_top']:.2f} / {100 * llama['kld']['same_top']:.2f} % "
             f"| {ours['quantize_seconds']:.0f} / {llama['quantize_seconds']:.0f} "
-            f"| {_peak_cell(ours) or '-'} / {_peak_cell(llama) or '-'} |")
+            f"| {_peak_cell(ours) or '-'} / {_peak_cell(llama) or '-'} "
+            f"| {_extra_cell(ours) or '-'} / {_extra_cell(llama) or '-'} |")
     return lines
 
 

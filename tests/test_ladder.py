@@ -202,3 +202,39 @@ def test_llama_quantize_that_is_not_a_program(setup, tmp_path):
     done = lowbit("ladder", model, "-f", text, "--calib", text, "--types", "Q4_K_M", "-o", tmp_path / "x",
                   "--llama-quantize", tmp_path / "nowhere")
     assert_one_sentence(done, "is not an executable file")
+
+
+def test_second_text_measured_refilled_and_reported(setup, tmp_path):
+    model, text = setup
+    code = tmp_path / "code.py"
+    code.write_text("def f(x):\n    return [i * x for i in range(10) if i % 2]\n\n" * 40)
+    out = tmp_path / "two"
+    cfg = L.LadderConfig(model=model, eval_text=text, out_dir=out, types=["Q4_K_M"], calib_text=text, n_ctx=32,
+                         chunks=2, calib_chunks=4, threads=1, bench_prompt=0, bench_gen=0, extra_text=str(code),
+                         extra_chunks=3)
+    data = L.Ladder(cfg).run()
+    assert data["extra"]["settings"] == {"text": "code.py", "n_ctx": 32, "chunks": 3}
+    first = data["entries"]["Q4_K_M/imatrix"]["extra"]
+    assert first["kld"]["tokens"] == 3 * 15 and first["kld"]["mean"] > 0 and first["ppl"] > 1
+    assert first["kld"] != data["entries"]["Q4_K_M/imatrix"]["kld"]     # another text, other figures
+    # Another second text: the base is made again and the kept file measured on it; the main
+    # figures stay as they were.
+    other = tmp_path / "other.py"
+    other.write_text("import os\nprint(os.getcwd())\n" * 60)
+    cfg.extra_text = str(other)
+    again = L.Ladder(cfg).run()
+    assert again["extra"]["settings"]["text"] == "other.py"
+    assert again["entries"]["Q4_K_M/imatrix"]["extra"]["kld"] != first["kld"]
+    assert again["entries"]["Q4_K_M/imatrix"]["kld"] == data["entries"]["Q4_K_M/imatrix"]["kld"]
+    from lowbit.eval.report import markdown
+    report = markdown(again, "here")
+    assert "Second text: other.py, 3 chunks" in report and "mean KLD, second text |" in report
+
+
+def test_python_stdlib_sample_is_fixed_and_named():
+    from lowbit.eval import code_text
+    text = code_text.python_stdlib_sample()
+    assert text == code_text.python_stdlib_sample()
+    assert text.count("# ---- ") == len(code_text.MODULES) and "# ---- textwrap\n" in text
+    assert 60_000 < len(text) <= len(code_text.MODULES) * (code_text.SLICE_BYTES + 40)
+    assert code_text.sample_name().startswith("python-stdlib (Python 3.")

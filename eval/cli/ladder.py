@@ -32,6 +32,10 @@ def add_parser(sub) -> None:
     s.add_argument("--llama-quantize", metavar="PATH",
                    help="llama.cpp's llama-quantize binary: each preset also made by it (same source, importance "
                         "matrix and threads) and measured by lowbit, as entries of their own")
+    s.add_argument("--extra-text", metavar="FILE|python-stdlib",
+                   help="a second evaluation text, PPL and KLD of every entry on it too; python-stdlib: a "
+                        "fixed sample of this Python's standard library source, read at run time")
+    s.add_argument("--extra-chunks", type=int, default=20, help="chunks of the second text (default 20)")
     s.add_argument("--cluster", metavar="ADDRESS",
                    help="run the entries and the sensitivity on a running Dask cluster (tcp://HOST:8786; "
                         "pip install 'lowbit[cluster]'): quality only, no speed, the files deleted on the workers")
@@ -64,7 +68,8 @@ def run(args) -> int:
         bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
         keep_files=not args.delete_files, allocate=floats(args.allocate, "--allocate"),
         sensitivity_tokens=args.sensitivity_tokens,
-        llama_quantize=Path(args.llama_quantize) if args.llama_quantize else None)
+        llama_quantize=Path(args.llama_quantize) if args.llama_quantize else None,
+        extra_text=args.extra_text, extra_chunks=args.extra_chunks)
     set_threads(args.threads)
     bar = Progress("ladder", unit="stages")
     with connected(args.cluster) as cluster:

@@ -94,10 +94,48 @@ def affine_lsq(sw, sx, sxx, sl, sl2, sxl):
     return a, -c, err
 
 
+@njit(inline="always")
+def _affine_sums(x, w, i, a, b, nmax):
+    """One weight's terms of affine_quant: (w L, w L^2, w x L)."""
+    l = clamp_round((x[i] + b) * (1.0 / a), 0, nmax)
+    wl = w[i] * l
+    return wl, wl * l, wl * x[i]
+
+
+@njit
+def affine_quant4(x, w, s, n, a, b, nmax):
+    """affine_quant's sums for four step sizes a[0..3] at once (no codes kept): four sets of
+    accumulators side by side, each summed in affine_quant's order and precision."""
+    sl0 = sl20 = sxl0 = sl1 = sl21 = sxl1 = 0.0
+    sl2_ = sl22 = sxl2 = sl3 = sl23 = sxl3 = 0.0
+    for i in range(s, s + n):
+        p, q, r = _affine_sums(x, w, i, a[0], b, nmax)
+        sl0 += p
+        sl20 += q
+        sxl0 += r
+        p, q, r = _affine_sums(x, w, i, a[1], b, nmax)
+        sl1 += p
+        sl21 += q
+        sxl1 += r
+        p, q, r = _affine_sums(x, w, i, a[2], b, nmax)
+        sl2_ += p
+        sl22 += q
+        sxl2 += r
+        p, q, r = _affine_sums(x, w, i, a[3], b, nmax)
+        sl3 += p
+        sl23 += q
+        sxl3 += r
+    return ((sl0, sl20, sxl0), (sl1, sl21, sxl1), (sl2_, sl22, sxl2), (sl3, sl23, sxl3))
+
+
 @njit
 def fit_affine(x, w, s, n, nmax, L, Lt):
     """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
-    squares for the quants, requantize with the fit, until the error stops falling)."""
+    squares for the quants, requantize with the fit, until the error stops falling).
+
+    Every step's first quantization is independent of the others, so they are summed four at
+    a time (affine_quant4) and then taken in order; the codes of a step are made again only
+    when it improves on the best so far."""
     xmin = np.float32(0.0)
     xmax = x[s]
     sw = sx = sxx = 0.0
@@ -115,18 +153,27 @@ def fit_affine(x, w, s, n, nmax, L, Lt):
     best_a = float((xmax - xmin) / nmax)
     best_b = float(-xmin)
     nstep = 24
-    for k in range(nstep + 1):
-        # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-        a = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / nstep)
-        b = -float(xmin)
-        for _ in range(4):
-            sl, sl2, sxl = affine_quant(x, w, s, n, a, b, nmax, Lt)
-            a, b, err = affine_lsq(sw, sx, sxx, sl, sl2, sxl)
-            if a <= 0 or err >= best:
-                break
-            best, best_a, best_b = err, a, b
-            for i in range(s, s + n):
-                L[i] = Lt[i]
+    a4 = np.empty(4)
+    for k0 in range(0, nstep + 1, 4):
+        for t in range(4):
+            # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
+            a4[t] = (xmax - xmin) / (nmax - 1.0 + 2.4 * min(k0 + t, nstep) / nstep)
+        sums = affine_quant4(x, w, s, n, a4, -float(xmin), nmax)
+        for t in range(min(4, nstep + 1 - k0)):
+            a, b = a4[t], -float(xmin)
+            sl, sl2, sxl = sums[t]
+            for it in range(4):
+                if it > 0:
+                    sl, sl2, sxl = affine_quant(x, w, s, n, a, b, nmax, Lt)
+                a_new, b_new, err = affine_lsq(sw, sx, sxx, sl, sl2, sxl)
+                if a_new <= 0 or err >= best:
+                    break
+                if it == 0:
+                    affine_quant(x, w, s, n, a, b, nmax, Lt)   # this step's codes, made again
+                best, best_a, best_b = err, a_new, b_new
+                for i in range(s, s + n):
+                    L[i] = Lt[i]
+                a, b = a_new, b_new
     return best_a, best_b
 
 
@@ -157,10 +204,40 @@ def signed_quant(x, w, s, n, a, qlo, qhi, L):
     return sxl, sl2
 
 
+@njit(inline="always")
+def _signed_sums(x, w, i, a, qlo, qhi):
+    """One weight's terms of signed_quant: (w x L, w L^2)."""
+    l = clamp_round(x[i] * (1.0 / a), qlo, qhi)
+    wl = w[i] * l
+    return wl * x[i], wl * l
+
+
+@njit
+def signed_quant4(x, w, s, n, a, qlo, qhi):
+    """signed_quant's sums for four scales a[0..3] at once (no codes kept), each summed in
+    signed_quant's order and precision."""
+    p0 = q0 = p1 = q1 = p2 = q2 = p3 = q3 = 0.0
+    for i in range(s, s + n):
+        u, v = _signed_sums(x, w, i, a[0], qlo, qhi)
+        p0 += u
+        q0 += v
+        u, v = _signed_sums(x, w, i, a[1], qlo, qhi)
+        p1 += u
+        q1 += v
+        u, v = _signed_sums(x, w, i, a[2], qlo, qhi)
+        p2 += u
+        q2 += v
+        u, v = _signed_sums(x, w, i, a[3], qlo, qhi)
+        p3 += u
+        q3 += v
+    return ((p0, q0), (p1, q1), (p2, q2), (p3, q3))
+
+
 @njit
 def fit_signed(x, w, s, n, qlo, qhi, nstep, L, Lt):
     """Best scale a for one sub-block: the largest |x| is put near either end of the range
-    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style."""
+    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style. As in
+    fit_affine, the candidates' first quantizations are summed four at a time."""
     big = np.float32(0.0)
     sxx = 0.0
     for i in range(s, s + n):
@@ -173,20 +250,33 @@ def fit_signed(x, w, s, n, qlo, qhi, nstep, L, Lt):
         return 0.0
     best = np.inf
     best_a = float(big / np.float32(qlo))
-    for end in (qlo, qhi):
-        for k in range(nstep + 1):
-            a = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
-            for _ in range(4):
-                sxl, sl2 = signed_quant(x, w, s, n, a, qlo, qhi, Lt)
+    n_try = 2 * (nstep + 1)          # steps 0..nstep toward qlo, then toward qhi
+    a4 = np.empty(4)
+    for g in range(0, n_try, 4):
+        for t in range(4):
+            c = min(g + t, n_try - 1)
+            end = qlo if c <= nstep else qhi
+            k = c if c <= nstep else c - nstep - 1
+            a4[t] = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+        sums = signed_quant4(x, w, s, n, a4, qlo, qhi)
+        for t in range(min(4, n_try - g)):
+            a = a4[t]
+            sxl, sl2 = sums[t]
+            for it in range(4):
+                if it > 0:
+                    sxl, sl2 = signed_quant(x, w, s, n, a, qlo, qhi, Lt)
                 if sl2 <= 0:
                     break
-                a = sxl / sl2
-                err = sxx - a * sxl  # the least-squares error for these quants
+                a_new = sxl / sl2
+                err = sxx - a_new * sxl  # the least-squares error for these quants
                 if err >= best:
                     break
-                best, best_a = err, a
+                if it == 0:
+                    signed_quant(x, w, s, n, a, qlo, qhi, Lt)   # this candidate's codes, made again
+                best, best_a = err, a_new
                 for i in range(s, s + n):
                     L[i] = Lt[i]
+                a = a_new
     return best_a
 
 

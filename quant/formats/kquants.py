@@ -139,24 +139,50 @@ def decode_q6_k(w, o, y):
 # --- affine super-blocks (Q2_K, Q4_K, Q5_K) ---
 
 
+@njit(inline="always")
+def _affine_errors3(x, w, s, n, a, b0, b1, b2, nmax):
+    """The weighted errors of x[s:s+n] for values a*L - b with b = b0, b1, b2: the sums of
+    affine_error, in its order and precision, run side by side (three independent chains; the
+    codes rounded and clamped in float32, where they are exact integers)."""
+    inv = np.float32(1.0) / a if a > 0 else np.float32(0.0)
+    top = np.float32(nmax)
+    zero = np.float32(0.0)
+    e0 = e1 = e2 = np.float32(0.0)
+    for i in range(s, s + n):
+        xi = x[i]
+        wi = w[i]
+        r0 = a * min(top, max(zero, np.rint((xi + b0) * inv))) - b0 - xi
+        r1 = a * min(top, max(zero, np.rint((xi + b1) * inv))) - b1 - xi
+        r2 = a * min(top, max(zero, np.rint((xi + b2) * inv))) - b2 - xi
+        e0 += wi * r0 * r0
+        e1 += wi * r1 * r1
+        e2 += wi * r2 * r2
+    return e0, e1, e2
+
+
 @njit
 def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc, mn, L, Lt):
-    """Per sub-block, the integer (scale, min) codes near ideal / (d, dm) of least error."""
+    """Per sub-block, the integer (scale, min) codes near ideal / (d, dm) of least error: the
+    up to 3 x 3 candidates, first least error in (scale, min) order."""
     total = np.float32(0.0)
     for j in range(nsub):
         s = j * sub
         rs = clamp_round(ideal_a[j] / d, 0, smax) if d > 0 else 0
         rm = clamp_round(ideal_b[j] / dm, 0, smax) if dm > 0 else 0
+        m0, m1 = max(0, rm - 1), min(smax, rm + 1)
+        b0 = dm * np.float32(m0)
+        b1 = dm * np.float32(min(m0 + 1, m1))
+        b2 = dm * np.float32(m1)
         best = np.float32(np.inf)
         for cs in range(max(0, rs - 1), min(smax, rs + 1) + 1):
-            for cm in range(max(0, rm - 1), min(smax, rm + 1) + 1):
-                err = affine_error(x, w, s, sub, d * np.float32(cs), dm * np.float32(cm), nmax, Lt)
-                if err < best:
-                    best = err
+            e = _affine_errors3(x, w, s, sub, d * np.float32(cs), b0, b1, b2, nmax)
+            for k in range(m1 - m0 + 1):      # the candidates that exist (2 at an end, else 3)
+                if e[k] < best:
+                    best = e[k]
                     sc[j] = cs
-                    mn[j] = cm
-                    for i in range(s, s + sub):
-                        L[i] = Lt[i]
+                    mn[j] = m0 + k
+        if best < np.inf:
+            affine_error(x, w, s, sub, d * np.float32(sc[j]), dm * np.float32(mn[j]), nmax, L)
         total += best
     return total
 
@@ -246,20 +272,51 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
 # --- signed super-blocks (Q3_K, Q6_K) ---
 
 
+@njit(inline="always")
+def _signed_error_terms(x, i, a, inv, lo, hi):
+    return a * min(hi, max(lo, np.rint(x[i] * inv))) - x[i]
+
+
+@njit(inline="always")
+def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
+    """The weighted errors of x[s:s+n] for values a*L, a = a0, a1, a2: signed_error's sums in
+    its order and precision, side by side (codes rounded and clamped in float32, exactly)."""
+    lo = np.float32(qlo)
+    hi = np.float32(qhi)
+    zero = np.float32(0.0)
+    i0 = np.float32(1.0) / a0 if a0 != 0 else zero
+    i1 = np.float32(1.0) / a1 if a1 != 0 else zero
+    i2 = np.float32(1.0) / a2 if a2 != 0 else zero
+    e0 = e1 = e2 = zero
+    for i in range(s, s + n):
+        wi = w[i]
+        r0 = _signed_error_terms(x, i, a0, i0, lo, hi)
+        r1 = _signed_error_terms(x, i, a1, i1, lo, hi)
+        r2 = _signed_error_terms(x, i, a2, i2, lo, hi)
+        e0 += wi * r0 * r0
+        e1 += wi * r1 * r1
+        e2 += wi * r2 * r2
+    return e0, e1, e2
+
+
 @njit
 def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L, Lt):
+    """Per sub-block, the integer scale code next to ideal / d of least error (the up to three
+    candidates scored in one pass, the first least one kept)."""
     total = np.float32(0.0)
     for j in range(nsub):
         s = j * sub
         r = clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
+        c0, c1 = max(slo, r - 1), min(shi, r + 1)
+        e = _signed_errors3(x, w, s, sub, d * np.float32(c0), d * np.float32(min(c0 + 1, c1)),
+                            d * np.float32(c1), qlo, qhi)
         best = np.float32(np.inf)
-        for c in range(max(slo, r - 1), min(shi, r + 1) + 1):
-            err = signed_error(x, w, s, sub, d * np.float32(c), qlo, qhi, Lt)
-            if err < best:
-                best = err
-                sc[j] = c
-                for i in range(s, s + sub):
-                    L[i] = Lt[i]
+        for k in range(c1 - c0 + 1):
+            if e[k] < best:
+                best = e[k]
+                sc[j] = c0 + k
+        if best < np.inf:
+            signed_error(x, w, s, sub, d * np.float32(sc[j]), qlo, qhi, L)
         total += best
     return total
 
