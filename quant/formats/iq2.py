@@ -182,8 +182,11 @@ def point_moments(a, w, o, flip, lev, j):
 
 
 @njit
-def best_point(a, w, o, flip, c, lev, gmap, start, nb):
-    """The best grid point (index, error) near the per-coordinate nearest point at scale c."""
+def best_point(a, w, o, flip, c, lev, gmap, start, nb, tab):
+    """The best grid point (index, error) near the per-coordinate nearest point at scale c.
+    Off the grid, each coordinate's error at each of the 3 levels is computed once into tab
+    (8, 3), and a neighbour's error is the sum of its 8 entries (the terms and the order of
+    point_cost, so the same error)."""
     u = 0
     t0 = c * MIDPOINTS[0]
     t1 = c * MIDPOINTS[1]
@@ -194,22 +197,30 @@ def best_point(a, w, o, flip, c, lev, gmap, start, nb):
     j = gmap[u]
     if j >= 0:
         return j, point_cost(a, w, o, flip, c, lev, j)
+    for k in range(8):
+        for m in range(3):
+            q = c * LEVELS[m]
+            r = a[o + k] + q if k == flip else a[o + k] - q
+            tab[k, m] = w[o + k] * r * r
     best_j = nb[start[u]]
     best_e = np.inf
     for n in range(start[u], start[u + 1]):
-        e = point_cost(a, w, o, flip, c, lev, nb[n])
+        jn = nb[n]
+        e = 0.0
+        for k in range(8):
+            e += tab[k, lev[jn, k]]
         if e < best_e:
             best_e = e
-            best_j = nb[n]
+            best_j = jn
     return best_j, best_e
 
 
 @njit
-def best_group(a, w, o, odd, c, lev, gmap, start, nb):
+def best_group(a, w, o, odd, c, lev, gmap, start, nb, tab):
     """(grid index, wrong-sign element or -1, error) for one group at scale c. With odd parity
     the FLIP_TRIES elements whose wrong sign costs least in isolation are tried."""
     if not odd:
-        j, e = best_point(a, w, o, -1, c, lev, gmap, start, nb)
+        j, e = best_point(a, w, o, -1, c, lev, gmap, start, nb, tab)
         return j, -1, e
     lo = c * LEVELS[0]
     tried = 0
@@ -228,7 +239,7 @@ def best_group(a, w, o, odd, c, lev, gmap, start, nb):
                 fd = d
                 f = k
         tried |= 1 << f
-        j, e = best_point(a, w, o, f, c, lev, gmap, start, nb)
+        j, e = best_point(a, w, o, f, c, lev, gmap, start, nb, tab)
         if e < best_e:
             best_j, best_f, best_e = j, f, e
     return best_j, best_f, best_e
@@ -308,6 +319,7 @@ def fit_subblock_scale(a, w, o, n_groups, odd, g0, book):
     best = 0.0
     best_c = 0.0
     best_q2 = 0.0
+    tab = np.empty((8, 3))
     for step in range(SCALE_STEPS + REFITS):
         if step < SCALE_STEPS:
             c = amax / (LEVELS[2] * (SCALE_RATIO0 + step * SCALE_RATIO_STEP))
@@ -319,7 +331,7 @@ def fit_subblock_scale(a, w, o, n_groups, odd, g0, book):
         sq2 = 0.0
         for g in range(n_groups):
             og = o + 8 * g
-            j, f, e = best_group(a, w, og, odd[g0 + g], c, lev, gmap, start, nb)
+            j, f, e = best_group(a, w, og, odd[g0 + g], c, lev, gmap, start, nb, tab)
             px, p2 = point_moments(a, w, og, f, lev, j)
             sqx += px
             sq2 += p2

@@ -1,0 +1,100 @@
+"""Hessian error feedback (GPTQ, Frantar et al. 2022) around lowbit's block encoders.
+
+A weight matrix W (n_out x n_in) meets inputs x; its output error over calibration inputs X is
+sum over rows of (w - q) H (w - q)^T with H = X^T X (n_in x n_in). Rounding each block on its
+own ignores that the columns of X are correlated. Here the columns are encoded in order, one
+block width (32 or 256 columns: one block of every row) at a time, by the type's own encoder;
+each chunk's rounding error is then pushed onto the columns not yet encoded, where it can still
+be cancelled:
+
+    Sigma = (H + damp)^-1 = U^T U  (U upper triangular; its trailing rows are the inverse
+                                    Hessians of the columns that remain, so one factorization
+                                    serves every chunk)
+    chunk C, remaining columns R:   W_R <- W_R - (W_C - Q_C) U_CC^-1 U_CR
+
+which is the least-squares change of the remaining weights given the chunk's fixed error (the
+original column-by-column update is the case |C| = 1). A block's codes share its scales, so the
+block is the smallest unit its encoder can fix; that is why the chunk is one block wide.
+
+Importance for the encoder: the diagonal of H per token (the importance matrix's own quantity)
+unless the caller gives another. Damping: `damp` times the mean of diag(H) on the diagonal (the
+original method's 1 %), dead columns (no activation) set to 1 and their weights to 0 in the
+update, as the original does.
+
+This module is pure numerics on one matrix; collecting H per layer, ordering columns and
+keeping the better of plain and improved encoding by held-out error happen elsewhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .decode import dequantize
+from .encode import quantize
+from .errors import LowbitError
+from .types import QuantType
+
+
+class GPTQError(LowbitError):
+    """A Hessian that does not fit the matrix, or one that cannot be factorized."""
+
+
+def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1, dead columns set to 1."""
+    h = np.array(h, dtype=np.float64, copy=True)
+    diag = np.diagonal(h).copy()
+    dead = diag <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    live = diag[~dead]
+    h[np.diag_indices_from(h)] += damp * (live.mean() if live.size else 1.0)
+    try:
+        sigma = np.linalg.inv(np.linalg.cholesky(h))   # L^-1, with H = L L^T
+    except np.linalg.LinAlgError:
+        raise GPTQError("the Hessian is not positive definite even after damping; raise the damping") from None
+    sigma = sigma.T @ sigma                             # H^-1 = L^-T L^-1
+    try:
+        return np.linalg.cholesky(sigma).T              # upper U with U^T U = H^-1
+    except np.linalg.LinAlgError:
+        raise GPTQError("the inverse Hessian is not positive definite; raise the damping") from None
+
+
+def gptq_quantize(rows: np.ndarray, qtype: QuantType, hessian: np.ndarray, n_tokens: int,
+                  importance: np.ndarray | None = None, damp: float = 0.01) -> np.ndarray:
+    """Encode rows (n_out, n_in) as qtype with error feedback through `hessian` (X^T X over
+    n_tokens calibration inputs); uint8 (n_out, row_bytes), as encode.quantize returns."""
+    rows = np.asarray(rows, dtype=np.float32)
+    n_out, n_in = rows.shape
+    if hessian.shape != (n_in, n_in):
+        raise GPTQError(f"the Hessian is {hessian.shape[0]} x {hessian.shape[1]} but the rows have {n_in} columns")
+    if n_tokens <= 0:
+        raise GPTQError("the Hessian was accumulated over no tokens")
+    if importance is None:
+        importance = np.maximum(np.diagonal(hessian), 0.0) / n_tokens
+    importance = np.asarray(importance, dtype=np.float32)
+    width = qtype.block_size
+    qtype.row_bytes(n_in)                               # whole blocks, or a clear error
+    u = inverse_cholesky(hessian, damp)
+    dead = np.diagonal(hessian) <= 0
+    w = rows.astype(np.float64)
+    w[:, dead] = 0.0
+    block_bytes = qtype.type_size
+    out = np.empty((n_out, qtype.row_bytes(n_in)), dtype=np.uint8)
+    for b, c0 in enumerate(range(0, n_in, width)):
+        c1 = c0 + width
+        chunk = np.ascontiguousarray(w[:, c0:c1], dtype=np.float32)
+        if not np.isfinite(chunk).all():
+            raise GPTQError("the error feedback diverged (weights no longer finite); raise the damping")
+        raw = quantize(chunk, qtype, importance[c0:c1])
+        out[:, b * block_bytes:(b + 1) * block_bytes] = raw
+        if c1 == n_in:
+            break
+        err = (w[:, c0:c1] - dequantize(raw, qtype, chunk.shape)) @ np.linalg.inv(u[c0:c1, c0:c1])
+        w[:, c1:] -= err @ u[c0:c1, c1:]
+    return out
+
+
+def output_error(rows: np.ndarray, raw: np.ndarray, qtype: QuantType, hessian: np.ndarray) -> float:
+    """sum over rows of (w - q) H (w - q)^T: the squared output error over the inputs H sums."""
+    e = np.asarray(rows, dtype=np.float64) - dequantize(raw, qtype, rows.shape)
+    return float(np.einsum("ij,jk,ik->", e, hessian, e))
