@@ -114,8 +114,20 @@ def _is_embd_or_output(name: str) -> bool:
     return name in ("token_embd.weight", "output.weight")
 
 
-def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress):
+def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None = None):
+    """The tensor's bytes, a chunk of rows at a time: copied, encoded here, or (`encoded`) read
+    from a .npy file of bytes an earlier pass made (eval/gptq_pass.py)."""
     t = src.tensors[choice.name]
+
+    def from_file():
+        raw = np.load(encoded, mmap_mode="r")
+        if raw.shape != (t.n_rows, choice.qtype.row_bytes(t.n_cols)):
+            raise QuantizeError(f"the encoded {choice.name} in {encoded} does not fit its tensor")
+        step = max(1, CHUNK_BYTES // max(1, raw.shape[1]))
+        for start in range(0, t.n_rows, step):
+            yield np.ascontiguousarray(raw[start:start + step])
+            if progress:
+                progress(min(step, t.n_rows - start) * t.n_cols)
 
     def produce():
         raw = src.raw(choice.name).reshape(t.n_rows, -1)
@@ -139,7 +151,7 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
             if progress:
                 progress(part.shape[0] * t.n_cols)
         release_mapped_pages(raw)
-    return produce
+    return produce if encoded is None else from_file
 
 
 def file_type(opts: PlanOptions, specs: list[TensorSpec]) -> int:
@@ -156,7 +168,10 @@ def file_type(opts: PlanOptions, specs: list[TensorSpec]) -> int:
 def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
                    im: ImportanceMatrix | None = None, allow_requantize: bool = False,
                    dry_run: bool = False, imatrix_path: str | None = None,
-                   progress: Callable[[int], None] | None = None, split: SplitRule | None = None) -> QuantizeSummary:
+                   progress: Callable[[int], None] | None = None, split: SplitRule | None = None,
+                   encoded: dict[str, Path] | None = None) -> QuantizeSummary:
+    """Plan, check and write the quantized model. encoded: tensors already encoded (name ->
+    .npy file of their bytes in the planned type), taken as they are."""
     start = time.perf_counter()
     out_path = Path(out_path)
     opts.has_imatrix = im is not None
@@ -171,7 +186,7 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
     specs = []
     for c in choices:
         t = src.tensors[c.name]
-        spec = TensorSpec(c.name, t.shape, c.qtype, _produce(src, c, im, progress))
+        spec = TensorSpec(c.name, t.shape, c.qtype, _produce(src, c, im, progress, (encoded or {}).get(c.name)))
         specs.append(spec)
         summary.n_bytes += spec.n_bytes
         summary.type_counts[c.qtype.name] = summary.type_counts.get(c.qtype.name, 0) + 1
