@@ -95,37 +95,24 @@ def affine_lsq(sw, sx, sxx, sl, sl2, sxl):
 
 
 @njit(inline="always")
-def _affine_sums(x, w, i, a, b, nmax):
-    """One weight's terms of affine_quant: (w L, w L^2, w x L)."""
+def _add_affine_terms(acc, x, w, i, a, b, nmax):
+    """acc (sum w L, sum w L^2, sum w x L) with one weight's terms added, as affine_quant adds them."""
     l = clamp_round((x[i] + b) * (1.0 / a), 0, nmax)
     wl = w[i] * l
-    return wl, wl * l, wl * x[i]
+    return acc[0] + wl, acc[1] + wl * l, acc[2] + wl * x[i]
 
 
 @njit
 def affine_quant4(x, w, s, n, a, b, nmax):
     """affine_quant's sums for four step sizes a[0..3] at once (no codes kept): four sets of
     accumulators side by side, each summed in affine_quant's order and precision."""
-    sl0 = sl20 = sxl0 = sl1 = sl21 = sxl1 = 0.0
-    sl2_ = sl22 = sxl2 = sl3 = sl23 = sxl3 = 0.0
+    s0 = s1 = s2 = s3 = (0.0, 0.0, 0.0)
     for i in range(s, s + n):
-        p, q, r = _affine_sums(x, w, i, a[0], b, nmax)
-        sl0 += p
-        sl20 += q
-        sxl0 += r
-        p, q, r = _affine_sums(x, w, i, a[1], b, nmax)
-        sl1 += p
-        sl21 += q
-        sxl1 += r
-        p, q, r = _affine_sums(x, w, i, a[2], b, nmax)
-        sl2_ += p
-        sl22 += q
-        sxl2 += r
-        p, q, r = _affine_sums(x, w, i, a[3], b, nmax)
-        sl3 += p
-        sl23 += q
-        sxl3 += r
-    return ((sl0, sl20, sxl0), (sl1, sl21, sxl1), (sl2_, sl22, sxl2), (sl3, sl23, sxl3))
+        s0 = _add_affine_terms(s0, x, w, i, a[0], b, nmax)
+        s1 = _add_affine_terms(s1, x, w, i, a[1], b, nmax)
+        s2 = _add_affine_terms(s2, x, w, i, a[2], b, nmax)
+        s3 = _add_affine_terms(s3, x, w, i, a[3], b, nmax)
+    return s0, s1, s2, s3
 
 
 @njit
@@ -205,32 +192,24 @@ def signed_quant(x, w, s, n, a, qlo, qhi, L):
 
 
 @njit(inline="always")
-def _signed_sums(x, w, i, a, qlo, qhi):
-    """One weight's terms of signed_quant: (w x L, w L^2)."""
+def _add_signed_terms(acc, x, w, i, a, qlo, qhi):
+    """acc (sum w x L, sum w L^2) with one weight's terms added, as signed_quant adds them."""
     l = clamp_round(x[i] * (1.0 / a), qlo, qhi)
     wl = w[i] * l
-    return wl * x[i], wl * l
+    return acc[0] + wl * x[i], acc[1] + wl * l
 
 
 @njit
 def signed_quant4(x, w, s, n, a, qlo, qhi):
     """signed_quant's sums for four scales a[0..3] at once (no codes kept), each summed in
     signed_quant's order and precision."""
-    p0 = q0 = p1 = q1 = p2 = q2 = p3 = q3 = 0.0
+    s0 = s1 = s2 = s3 = (0.0, 0.0)
     for i in range(s, s + n):
-        u, v = _signed_sums(x, w, i, a[0], qlo, qhi)
-        p0 += u
-        q0 += v
-        u, v = _signed_sums(x, w, i, a[1], qlo, qhi)
-        p1 += u
-        q1 += v
-        u, v = _signed_sums(x, w, i, a[2], qlo, qhi)
-        p2 += u
-        q2 += v
-        u, v = _signed_sums(x, w, i, a[3], qlo, qhi)
-        p3 += u
-        q3 += v
-    return ((p0, q0), (p1, q1), (p2, q2), (p3, q3))
+        s0 = _add_signed_terms(s0, x, w, i, a[0], qlo, qhi)
+        s1 = _add_signed_terms(s1, x, w, i, a[1], qlo, qhi)
+        s2 = _add_signed_terms(s2, x, w, i, a[2], qlo, qhi)
+        s3 = _add_signed_terms(s3, x, w, i, a[3], qlo, qhi)
+    return s0, s1, s2, s3
 
 
 @njit
