@@ -73,13 +73,12 @@ def gptq_quantize(rows: np.ndarray, qtype: QuantType, hessian: np.ndarray, n_tok
         importance = np.maximum(np.diagonal(hessian), 0.0) / n_tokens
     importance = np.asarray(importance, dtype=np.float32)
     width = qtype.block_size
-    qtype.row_bytes(n_in)                               # whole blocks, or a clear error
+    out = np.empty((n_out, qtype.row_bytes(n_in)), dtype=np.uint8)   # whole blocks, or a clear error
     u = inverse_cholesky(hessian, damp)
     dead = np.diagonal(hessian) <= 0
     w = rows.astype(np.float64)
     w[:, dead] = 0.0
     block_bytes = qtype.type_size
-    out = np.empty((n_out, qtype.row_bytes(n_in)), dtype=np.uint8)
     for b, c0 in enumerate(range(0, n_in, width)):
         c1 = c0 + width
         chunk = np.ascontiguousarray(w[:, c0:c1], dtype=np.float32)
