@@ -161,7 +161,7 @@ def _affine_errors3(x, w, s, n, a, b0, b1, b2, nmax):
 
 
 @njit
-def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc, mn, L, Lt):
+def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc, mn, L):
     """Per sub-block, the integer (scale, min) codes near ideal / (d, dm) of least error: the
     up to 3 x 3 candidates, first least error in (scale, min) order."""
     total = np.float32(0.0)
@@ -252,8 +252,7 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
             d = round_to_f16(amax / smax)
             dm = round_to_f16(bmax / smax)
         for _ in range(4):
-            err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b,
-                                     sc_t, mn_t, L_t, Lt)
+            err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc_t, mn_t, L_t)
             if err < best:
                 best, best_d, best_dm = err, d, dm
                 sc[:] = sc_t
@@ -300,7 +299,7 @@ def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
 
 
 @njit
-def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L, Lt):
+def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L):
     """Per sub-block, the integer scale code next to ideal / d of least error (the up to three
     candidates scored in one pass, the first least one kept)."""
     total = np.float32(0.0)
@@ -356,7 +355,7 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
         else:
             d = round_to_f16(big / (slo if start == 1 else shi))
         for _ in range(4):
-            err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t, Lt)
+            err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t)
             if err < best:
                 best, best_d = err, d
                 sc[:] = sc_t
