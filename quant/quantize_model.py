@@ -15,12 +15,12 @@ import numpy as np
 
 
 from .decode import dequantize
-from .encode import quantize
 from .errors import LowbitError
 from .gguffile import GGUFFile, release_mapped_pages
 from .imatrix import ImportanceMatrix
 from .recipes import (NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, Choice, ModelShape, PlanOptions, RecipeError,
                       file_type_of, plan, resolve_target)
+from .score_gain import quantize_tensor_rows
 from .writer import SplitRule, TensorSpec, output_paths, plan_shards, write_gguf
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -143,7 +143,7 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
                 if not np.isfinite(rows).all():
                     raise QuantizeError(f"{src.path.name}: tensor {choice.name} holds NaN or infinite weights")
                 try:
-                    out = rows if choice.qtype.name == "F32" else quantize(rows, choice.qtype, imp)
+                    out = rows if choice.qtype.name == "F32" else quantize_tensor_rows(choice.name, rows, choice.qtype, imp)
                 except ValueError as e:   # weights or importance unfit for encoding
                     raise QuantizeError(f"tensor {choice.name}: {e}") from None
                 yield out
