@@ -31,11 +31,11 @@ import numpy as np
 
 from lowbit.quant.allocate import AllocationError
 from lowbit.quant.decode import dequantize
-from lowbit.quant.encode import quantize
 from lowbit.quant.gguffile import GGUFFile
 from lowbit.quant.imatrix import ImportanceMatrix
 from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import is_quantizable
+from lowbit.quant.score_gain import quantize_tensor_rows
 from lowbit.quant.types import by_name
 from lowbit.runtime.finite import check_logits
 
@@ -49,7 +49,8 @@ CANDIDATES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"
 REFERENCE = ("Q3_K", "Q4_0")     # the measured type: 256-block rows, other rows (when candidates)
 ROW_SAMPLE = 4096                # rows of a tensor encoded to estimate E (scaled to the whole)
 HELD_OUT = 48                    # extra (tensor, type) pairs measured to check the predictors
-VERSION = 2                      # 2: swaps reach the stacked q/k/v and gate/up products
+VERSION = 3                      # 2: swaps reach the stacked q/k/v and gate/up products;
+                                 # 3: attn_q/attn_k encoded at their least-squares gain
 
 
 @dataclass
@@ -136,8 +137,8 @@ class SensitivityProbe:
         return float(kl_divergence(self.base, lq, self.base_p).mean())
 
 
-def _error(rows: np.ndarray, qtype, imp: np.ndarray | None) -> float:
-    q = dequantize(quantize(rows, qtype, imp), qtype, rows.shape)
+def _error(name: str, rows: np.ndarray, qtype, imp: np.ndarray | None) -> float:
+    q = dequantize(quantize_tensor_rows(name, rows, qtype, imp), qtype, rows.shape)
     d2 = np.square(rows.astype(np.float64) - q)
     return float((d2 * imp).sum()) if imp is not None else float(d2.sum())
 
@@ -196,16 +197,16 @@ def measure_tensor(src: GGUFFile, probe: SensitivityProbe, task: TensorTask) -> 
     for q in task.types:
         qt = by_name(q)
         tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
-        tc.error[q] = _error(rows, qt, task.importance) * scale
+        tc.error[q] = _error(task.name, rows, qt, task.importance) * scale
     ref = by_name(task.reference)
-    tc.measured[task.reference] = probe.kld_with(task.name, quantize(w, ref, task.importance), ref)
+    tc.measured[task.reference] = probe.kld_with(task.name, quantize_tensor_rows(task.name, w, ref, task.importance), ref)
     return tc
 
 
 def measure_pair(src: GGUFFile, probe: SensitivityProbe, task: TensorTask, qtype: str) -> float:
     """The KLD with the tensor alone quantized to another type than the reference (held out)."""
     q = by_name(qtype)
-    return probe.kld_with(task.name, quantize(_weights(src, task.name), q, task.importance), q)
+    return probe.kld_with(task.name, quantize_tensor_rows(task.name, _weights(src, task.name), q, task.importance), q)
 
 
 def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held_out: list[float],
