@@ -5,7 +5,7 @@ row shrunk toward zero by its relative error reads worse through the layers). Th
 projections are the exception. An attention logit is the product of a query and a key, so the
 noise quantization leaves in either adds variance to every logit, which already sharpens the
 softmax; a gain above the fit sharpens it further. On Qwen2.5-Coder-1.5B, scaling only the
-IQ2_S attn_q/attn_k blocks of lowbit's IQ3_XXS file down to their least-squares gain (about 7 %)
+IQ2_S attn_q/attn_k blocks of lowbit's IQ3_XXS file down to their least-squares gain (about 8 %)
 cut the file's mean KLD by a quarter; going past it made it worse again.
 
 So these two kinds of matrix are encoded twice: once as any other, then each row again after
