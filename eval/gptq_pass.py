@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 
 from lowbit.quant.decode import dequantize
-from lowbit.quant.encode import quantize
 from lowbit.quant.errors import LowbitError
 from lowbit.quant.gptq import gptq_quantize, output_error
 from lowbit.quant.imatrix import ImportanceMatrix
+from lowbit.quant.score_gain import quantize_tensor_rows
 
 from .perplexity import chunk_tokens
 
@@ -127,7 +127,7 @@ def gptq_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx:
                 imp = im.importance(lin.name) if im is not None else None
                 if imp is None:
                     imp = (np.diagonal(hf.h) / hf.n).astype(np.float32)
-                plain = quantize(w, qtype, imp)
+                plain = quantize_tensor_rows(lin.name, w, qtype, imp)   # as quantize_model encodes it
                 improved = gptq_quantize(w, qtype, hf.h, hf.n, importance=imp, damp=damp)
                 e_plain, e_gptq = output_error(w, plain, qtype, hh.h), output_error(w, improved, qtype, hh.h)
                 kept = improved if e_gptq < e_plain else plain

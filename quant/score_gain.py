@@ -27,7 +27,7 @@ GAIN_TOLERANCE = 1e-3         # rows this close to their fit are not encoded aga
 
 
 def is_score_matrix(name: str) -> bool:
-    return name.split(".", 2)[-1] in SCORE_KINDS if name.startswith("blk.") else False
+    return name.startswith("blk.") and name.split(".", 2)[-1] in SCORE_KINDS
 
 
 def least_squares_gain(rows: np.ndarray, q: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
