@@ -51,32 +51,54 @@ def clamp_round(v, lo, hi):
     return min(hi, max(lo, nearest_int(v)))
 
 
-@njit
+# The scans below may reorder their sums (fastmath "reassoc"): LLVM then runs them across
+# vector registers, several times faster than one weight at a time. No contraction into
+# fused multiply-adds: each weight's value is computed as the decoder computes it.
+SCAN_MATH = {"reassoc", "nsz"}
+
+
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def affine_error(x, w, s, n, a, b, nmax, L):
-    """Quantize x[s:s+n] for value a*L - b (a, b already as the decoder computes them)."""
-    err = np.float32(0.0)
+    """Quantize x[s:s+n] for value a*L - b (a, b already as the decoder computes them) into L;
+    returns the weighted error."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
+    Ls = L[s:s + n]
     inv = np.float32(1.0) / a if a > 0 else np.float32(0.0)
-    for i in range(s, s + n):
-        l = clamp_round((x[i] + b) * inv, 0, nmax)
-        L[i] = l
-        e = a * np.float32(l) - b - x[i]
-        err += w[i] * e * e
+    top = np.float32(nmax)
+    zero = np.float32(0.0)
+    err = np.float32(0.0)
+    for i in range(n):
+        l = min(top, max(zero, np.rint((xs[i] + b) * inv)))
+        Ls[i] = np.int32(l)
+        e = a * l - b - xs[i]
+        err += ws[i] * e * e
     return err
 
 
-@njit
-def affine_quant(x, w, s, n, a, b, nmax, L):
-    """Quantize x[s:s+n] for a*L - b into L; returns the sums sum w L, sum w L^2, sum w x L."""
-    inv = 1.0 / a
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def affine_sums(x, w, s, n, inv, b, nmax):
+    """For the codes L = round((x + b) * inv) clamped to [0, nmax] of x[s:s+n]: the sums
+    sum w L, sum w L^2, sum w x L (the codes themselves are not kept)."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
+    top = float(nmax)
     sl = sl2 = sxl = 0.0
-    for i in range(s, s + n):
-        l = clamp_round((x[i] + b) * inv, 0, nmax)
-        L[i] = l
-        wl = w[i] * l
+    for i in range(n):
+        l = min(top, max(0.0, np.rint((xs[i] + b) * inv)))
+        wl = ws[i] * l
         sl += wl
         sl2 += wl * l
-        sxl += wl * x[i]
+        sxl += wl * xs[i]
     return sl, sl2, sxl
+
+
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def affine_codes(x, s, n, inv, b, nmax, L):
+    """The codes of affine_sums into L."""
+    top = float(nmax)
+    for i in range(s, s + n):
+        L[i] = np.int32(min(top, max(0.0, np.rint((x[i] + b) * inv))))
 
 
 @njit
@@ -94,168 +116,142 @@ def affine_lsq(sw, sx, sxx, sl, sl2, sxl):
     return a, -c, err
 
 
-@njit(inline="always")
-def _add_affine_terms(acc, x, w, i, a, b, nmax):
-    """acc (sum w L, sum w L^2, sum w x L) with one weight's terms added, as affine_quant adds them."""
-    l = clamp_round((x[i] + b) * (1.0 / a), 0, nmax)
-    wl = w[i] * l
-    return acc[0] + wl, acc[1] + wl * l, acc[2] + wl * x[i]
-
-
-@njit
-def affine_quant4(x, w, s, n, a, b, nmax):
-    """affine_quant's sums for four step sizes a[0..3] at once (no codes kept): four sets of
-    accumulators side by side, each summed in affine_quant's order and precision."""
-    s0 = s1 = s2 = s3 = (0.0, 0.0, 0.0)
-    for i in range(s, s + n):
-        s0 = _add_affine_terms(s0, x, w, i, a[0], b, nmax)
-        s1 = _add_affine_terms(s1, x, w, i, a[1], b, nmax)
-        s2 = _add_affine_terms(s2, x, w, i, a[2], b, nmax)
-        s3 = _add_affine_terms(s3, x, w, i, a[3], b, nmax)
-    return s0, s1, s2, s3
-
-
-@njit
-def fit_affine(x, w, s, n, nmax, L, Lt):
-    """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
-    squares for the quants, requantize with the fit, until the error stops falling).
-
-    Every step's first quantization is independent of the others, so they are summed four at
-    a time (affine_quant4) and then taken in order; the codes of a step are made again only
-    when it improves on the best so far."""
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def _moments(x, w, s, n):
+    """sum w, sum w x, sum w x^2 and the least (at most 0) and largest x of x[s:s+n]."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
     xmin = np.float32(0.0)
-    xmax = x[s]
+    xmax = xs[0]
     sw = sx = sxx = 0.0
-    for i in range(s, s + n):
-        xmin = min(xmin, x[i])
-        xmax = max(xmax, x[i])
-        sw += w[i]
-        sx += w[i] * x[i]
-        sxx += w[i] * x[i] * x[i]
+    for i in range(n):
+        xmin = min(xmin, xs[i])
+        xmax = max(xmax, xs[i])
+        sw += ws[i]
+        sx += ws[i] * xs[i]
+        sxx += ws[i] * xs[i] * xs[i]
+    return sw, sx, sxx, xmin, xmax
+
+
+AFFINE_STEPS = 24   # step sizes scanned per sub-block
+LLOYD_ROUNDS = 4    # least-squares fit and requantization rounds per scanned step
+
+
+@njit
+def fit_affine(x, w, s, n, nmax, L):
+    """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
+    squares for the quants, requantize with the fit, until the error stops falling). The codes
+    of the best fit go into L: they are made once, at the end, from the step that gave them."""
+    sw, sx, sxx, xmin, xmax = _moments(x, w, s, n)
     if xmax <= xmin:
-        for i in range(s, s + n):
-            L[i] = 0
+        L[s:s + n] = 0
         return 0.0, float(-xmin)
     best = np.inf
     best_a = float((xmax - xmin) / nmax)
     best_b = float(-xmin)
-    nstep = 24
-    a4 = np.empty(4)
-    for k0 in range(0, nstep + 1, 4):
-        for t in range(4):
-            # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-            a4[t] = (xmax - xmin) / (nmax - 1.0 + 2.4 * min(k0 + t, nstep) / nstep)
-        sums = affine_quant4(x, w, s, n, a4, -float(xmin), nmax)
-        for t in range(min(4, nstep + 1 - k0)):
-            a, b = a4[t], -float(xmin)
-            sl, sl2, sxl = sums[t]
-            for it in range(4):
-                if it > 0:
-                    sl, sl2, sxl = affine_quant(x, w, s, n, a, b, nmax, Lt)
-                a_new, b_new, err = affine_lsq(sw, sx, sxx, sl, sl2, sxl)
-                if a_new <= 0 or err >= best:
-                    break
-                if it == 0:
-                    affine_quant(x, w, s, n, a, b, nmax, Lt)   # this step's codes, made again
-                best, best_a, best_b = err, a_new, b_new
-                for i in range(s, s + n):
-                    L[i] = Lt[i]
-                a, b = a_new, b_new
+    code_inv, code_b = 1.0 / best_a, best_b
+    for k in range(AFFINE_STEPS + 1):
+        # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
+        a = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / AFFINE_STEPS)
+        b = -float(xmin)
+        for _ in range(LLOYD_ROUNDS):
+            inv = 1.0 / a
+            sl, sl2, sxl = affine_sums(x, w, s, n, inv, b, nmax)
+            a_new, b_new, err = affine_lsq(sw, sx, sxx, sl, sl2, sxl)
+            if a_new <= 0 or err >= best:
+                break
+            best, best_a, best_b = err, a_new, b_new
+            code_inv, code_b = inv, b
+            a, b = a_new, b_new
+    affine_codes(x, s, n, code_inv, code_b, nmax, L)
     return best_a, best_b
 
 
-@njit
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def signed_error(x, w, s, n, a, qlo, qhi, L):
-    """Quantize x[s:s+n] for value a*L (a as the decoder computes it); the weighted error."""
-    err = np.float32(0.0)
+    """Quantize x[s:s+n] for value a*L (a as the decoder computes it) into L; the weighted error."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
+    Ls = L[s:s + n]
     inv = np.float32(1.0) / a if a != 0 else np.float32(0.0)
-    for i in range(s, s + n):
-        l = clamp_round(x[i] * inv, qlo, qhi)
-        L[i] = l
-        e = a * np.float32(l) - x[i]
-        err += w[i] * e * e
+    lo = np.float32(qlo)
+    hi = np.float32(qhi)
+    err = np.float32(0.0)
+    for i in range(n):
+        l = min(hi, max(lo, np.rint(xs[i] * inv)))
+        Ls[i] = np.int32(l)
+        e = a * l - xs[i]
+        err += ws[i] * e * e
     return err
 
 
-@njit
-def signed_quant(x, w, s, n, a, qlo, qhi, L):
-    """Quantize x[s:s+n] for a*L into L; returns sum w x L and sum w L^2."""
-    inv = 1.0 / a
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def signed_sums(x, w, s, n, inv, qlo, qhi):
+    """For the codes L = round(x * inv) clamped to [qlo, qhi] of x[s:s+n]: sum w x L and
+    sum w L^2 (the codes themselves are not kept)."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
+    lo = float(qlo)
+    hi = float(qhi)
     sxl = sl2 = 0.0
-    for i in range(s, s + n):
-        l = clamp_round(x[i] * inv, qlo, qhi)
-        L[i] = l
-        wl = w[i] * l
-        sxl += wl * x[i]
+    for i in range(n):
+        l = min(hi, max(lo, np.rint(xs[i] * inv)))
+        wl = ws[i] * l
+        sxl += wl * xs[i]
         sl2 += wl * l
     return sxl, sl2
 
 
-@njit(inline="always")
-def _add_signed_terms(acc, x, w, i, a, qlo, qhi):
-    """acc (sum w x L, sum w L^2) with one weight's terms added, as signed_quant adds them."""
-    l = clamp_round(x[i] * (1.0 / a), qlo, qhi)
-    wl = w[i] * l
-    return acc[0] + wl * x[i], acc[1] + wl * l
-
-
-@njit
-def signed_quant4(x, w, s, n, a, qlo, qhi):
-    """signed_quant's sums for four scales a[0..3] at once (no codes kept), each summed in
-    signed_quant's order and precision."""
-    s0 = s1 = s2 = s3 = (0.0, 0.0)
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def signed_codes(x, s, n, inv, qlo, qhi, L):
+    """The codes of signed_sums into L."""
+    lo = float(qlo)
+    hi = float(qhi)
     for i in range(s, s + n):
-        s0 = _add_signed_terms(s0, x, w, i, a[0], qlo, qhi)
-        s1 = _add_signed_terms(s1, x, w, i, a[1], qlo, qhi)
-        s2 = _add_signed_terms(s2, x, w, i, a[2], qlo, qhi)
-        s3 = _add_signed_terms(s3, x, w, i, a[3], qlo, qhi)
-    return s0, s1, s2, s3
+        L[i] = np.int32(min(hi, max(lo, np.rint(x[i] * inv))))
 
 
-@njit
-def fit_signed(x, w, s, n, qlo, qhi, nstep, L, Lt):
-    """Best scale a for one sub-block: the largest |x| is put near either end of the range
-    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style. As in
-    fit_affine, the candidates' first quantizations are summed four at a time."""
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def _largest_and_energy(x, w, s, n):
+    """The x of largest magnitude in x[s:s+n] (the first one) and sum w x^2."""
     big = np.float32(0.0)
     sxx = 0.0
     for i in range(s, s + n):
         sxx += w[i] * x[i] * x[i]
         if abs(x[i]) > abs(big):
             big = x[i]
+    return big, sxx
+
+
+@njit
+def fit_signed(x, w, s, n, qlo, qhi, nstep, L):
+    """Best scale a for one sub-block: the largest |x| is put near either end of the range
+    (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style. As in
+    fit_affine, the codes are made once, at the end."""
+    big, sxx = _largest_and_energy(x, w, s, n)
     if big == 0:
-        for i in range(s, s + n):
-            L[i] = 0
+        L[s:s + n] = 0
         return 0.0
     best = np.inf
     best_a = float(big / np.float32(qlo))
-    n_try = 2 * (nstep + 1)          # steps 0..nstep toward qlo, then toward qhi
-    a4 = np.empty(4)
-    for g in range(0, n_try, 4):
-        for t in range(4):
-            c = min(g + t, n_try - 1)
-            end = qlo if c <= nstep else qhi
-            k = c if c <= nstep else c - nstep - 1
-            a4[t] = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
-        sums = signed_quant4(x, w, s, n, a4, qlo, qhi)
-        for t in range(min(4, n_try - g)):
-            a = a4[t]
-            sxl, sl2 = sums[t]
-            for it in range(4):
-                if it > 0:
-                    sxl, sl2 = signed_quant(x, w, s, n, a, qlo, qhi, Lt)
-                if sl2 <= 0:
-                    break
-                a_new = sxl / sl2
-                err = sxx - a_new * sxl  # the least-squares error for these quants
-                if err >= best:
-                    break
-                if it == 0:
-                    signed_quant(x, w, s, n, a, qlo, qhi, Lt)   # this candidate's codes, made again
-                best, best_a = err, a_new
-                for i in range(s, s + n):
-                    L[i] = Lt[i]
-                a = a_new
+    code_inv = 1.0 / best_a
+    for c in range(2 * (nstep + 1)):          # steps 0..nstep toward qlo, then toward qhi
+        end = qlo if c <= nstep else qhi
+        k = c if c <= nstep else c - nstep - 1
+        a = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+        for _ in range(LLOYD_ROUNDS):
+            inv = 1.0 / a
+            sxl, sl2 = signed_sums(x, w, s, n, inv, qlo, qhi)
+            if sl2 <= 0:
+                break
+            a_new = sxl / sl2
+            err = sxx - a_new * sxl  # the least-squares error for these quants
+            if err >= best:
+                break
+            best, best_a = err, a_new
+            code_inv = inv
+            a = a_new
+    signed_codes(x, s, n, code_inv, qlo, qhi, L)
     return best_a
 
 

@@ -14,7 +14,7 @@ from ..encode_helpers import put_f16, put_u16, round_to_f16
 from ..tables import IQ4NL_VALUES
 from ..types import Packing, register
 from .unpacking import copy_f16, nibbles32
-from .fits import block_weights, clamp_round, super_scale
+from .fits import SCAN_MATH, block_weights, clamp_round, super_scale
 
 
 @njit(inline="always")
@@ -78,7 +78,7 @@ def nearest_nl(v):
     return q
 
 
-@njit
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def nl_error(x, w, s, a, Q):
     """Quantize x[s:s+32] for a * T[q] (a as the decoder computes it) into Q; the error."""
     err = np.float32(0.0)
@@ -91,33 +91,57 @@ def nl_error(x, w, s, a, Q):
     return err
 
 
-@njit
-def fit_nl(x, w, s, Q, Qt):
-    """The least-squares a for x[s:s+32] ~ a * T[q]; the quants go to Q."""
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def nl_error_only(x, w, s, a):
+    """nl_error without the quants (a != 0)."""
+    err = np.float32(0.0)
+    inv = np.float32(1.0) / a
+    for i in range(s, s + 32):
+        e = a * IQ4NL_VALUES[nearest_nl(x[i] * inv)] - x[i]
+        err += w[i] * e * e
+    return err
+
+
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def nl_sums(x, w, s, inv):
+    """For the quants q = nearest(x * inv) of x[s:s+32]: sum w x T[q] and sum w T[q]^2."""
+    sxq = sqq = 0.0
+    for i in range(s, s + 32):
+        t = IQ4NL_VALUES[nearest_nl(x[i] * inv)]
+        sxq += w[i] * x[i] * t
+        sqq += w[i] * t * t
+    return sxq, sqq
+
+
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def _largest_and_energy(x, w, s):
     big = np.float32(0.0)
     sxx = 0.0
     for i in range(s, s + 32):
         sxx += w[i] * x[i] * x[i]
         if abs(x[i]) > abs(big):
             big = x[i]
+    return big, sxx
+
+
+@njit
+def fit_nl(x, w, s, Q):
+    """The least-squares a for x[s:s+32] ~ a * T[q]; the quants go to Q (made once, at the
+    end, from the scale that gave the best fit)."""
+    big, sxx = _largest_and_energy(x, w, s)
     if big == 0:
         for i in range(s, s + 32):
             Q[i] = 8  # T[8] = 1: the smallest magnitude, times a = 0
         return 0.0
     best = np.inf
     best_a = float(big / T_HI)
+    code_inv = 1.0 / best_a
     for end in (T_LO, T_HI):
         for k in range(NL_SCAN):
             a = float(big) / (float(end) * (1.0 - 0.04 * k))
             for _ in range(NL_LLOYD):
                 inv = 1.0 / a
-                sxq = sqq = 0.0
-                for i in range(s, s + 32):
-                    q = nearest_nl(x[i] * inv)
-                    Qt[i] = q
-                    t = IQ4NL_VALUES[q]
-                    sxq += w[i] * x[i] * t
-                    sqq += w[i] * t * t
+                sxq, sqq = nl_sums(x, w, s, inv)
                 if sqq <= 0:
                     break
                 a = sxq / sqq
@@ -125,8 +149,9 @@ def fit_nl(x, w, s, Q, Qt):
                 if err >= best or a == 0:
                     break
                 best, best_a = err, a
-                for i in range(s, s + 32):
-                    Q[i] = Qt[i]
+                code_inv = inv
+    for i in range(s, s + 32):
+        Q[i] = nearest_nl(x[i] * code_inv)
     return best_a
 
 
@@ -145,7 +170,7 @@ def encode_iq4_nl(x, imp, out):
         o = b * 18
         xb = x[b * 32:b * 32 + 32]
         block_weights(x, imp, b * 32, 32, w)
-        a = fit_nl(xb, w, 0, Q, Qt)
+        a = fit_nl(xb, w, 0, Q)
         d = round_to_f16(a)
         best = nl_error(xb, w, 0, d, Q)
         for _ in range(2):  # refit on the f16-rounded scale
@@ -167,20 +192,20 @@ def encode_iq4_nl(x, imp, out):
 
 
 @njit
-def _pick_xs_codes(x, w, d, ideal, sc, Q, Qt):
-    """Per group, the scale code in [-32, 31] near ideal/d of least error; the total error."""
+def _pick_xs_codes(x, w, d, ideal, sc, Q):
+    """Per group, the scale code in [-32, 31] near ideal/d of least error (quants into Q);
+    the total error."""
     total = np.float32(0.0)
     for j in range(8):
         s = 32 * j
         r = clamp_round(ideal[j] / d, -32, 31)
         best = np.float32(np.inf)
         for c in range(max(-32, r - 1), min(31, r + 1) + 1):
-            err = nl_error(x, w, s, d * np.float32(c), Qt)
+            err = nl_error_only(x, w, s, d * np.float32(c)) if c != 0 else nl_error(x, w, s, np.float32(0.0), Q)
             if err < best:
                 best = err
                 sc[j] = c
-                for i in range(s, s + 32):
-                    Q[i] = Qt[i]
+        nl_error(x, w, s, d * np.float32(sc[j]), Q)
         total += best
     return total
 
@@ -189,8 +214,8 @@ def _pick_xs_codes(x, w, d, ideal, sc, Q, Qt):
 def encode_iq4_xs(x, imp, out):
     w = np.empty(256, np.float32)
     Q = np.empty(256, np.int32)
-    Qt = np.empty(256, np.int32)
     Qc = np.empty(256, np.int32)
+    tried = np.empty(3, np.float32)
     ideal = np.empty(8, np.float64)
     wt = np.empty(8, np.float64)
     sc = np.empty(8, np.int32)
@@ -201,7 +226,7 @@ def encode_iq4_xs(x, imp, out):
         block_weights(x, imp, b * 256, 256, w)
         big = 0.0
         for j in range(8):
-            ideal[j] = fit_nl(xb, w, 32 * j, Q, Qt)
+            ideal[j] = fit_nl(xb, w, 32 * j, Q)
             if abs(ideal[j]) > abs(big):
                 big = ideal[j]
             t2 = 0.0  # how much an error in this group's scale costs
@@ -218,10 +243,13 @@ def encode_iq4_xs(x, imp, out):
                 d = round_to_f16(super_scale(ideal, wt, -32, 31))
             else:
                 d = round_to_f16(big / (-32.0 if start == 1 else 31.0))
+            tried[start] = d
+            if (tried[:start] == d).any():
+                continue   # a start already taken: the same codes
             for _ in range(3):
                 if d == 0:
                     break
-                err = _pick_xs_codes(xb, w, d, ideal, sct, Qc, Qt)
+                err = _pick_xs_codes(xb, w, d, ideal, sct, Qc)
                 if err >= best:
                     break
                 best, best_d = err, d
@@ -232,7 +260,10 @@ def encode_iq4_xs(x, imp, out):
                     a = float(sct[i // 32]) * IQ4NL_VALUES[Qc[i]]
                     saa += w[i] * a * a
                     sax += w[i] * a * xb[i]
-                d = round_to_f16(sax / saa) if saa > 0 else np.float32(0.0)
+                d_new = round_to_f16(sax / saa) if saa > 0 else np.float32(0.0)
+                if d_new == d:
+                    break   # the refit keeps the stored scale: the codes would not change
+                d = d_new
         put_f16(out, o, best_d)
         scales_h = 0
         for j in range(8):

@@ -22,7 +22,7 @@ from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
-from .fits import (affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed, signed_error,
+from .fits import (SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed, signed_error,
                    super_scale)
 
 
@@ -139,18 +139,19 @@ def decode_q6_k(w, o, y):
 # --- affine super-blocks (Q2_K, Q4_K, Q5_K) ---
 
 
-@njit(inline="always")
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def _affine_errors3(x, w, s, n, a, b0, b1, b2, nmax):
-    """The weighted errors of x[s:s+n] for values a*L - b with b = b0, b1, b2: the sums of
-    affine_error, in its order and precision, run side by side (three independent chains; the
-    codes rounded and clamped in float32, where they are exact integers)."""
+    """The weighted errors of x[s:s+n] for values a*L - b with b = b0, b1, b2: affine_error's
+    sums for three mins in one pass."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
     inv = np.float32(1.0) / a if a > 0 else np.float32(0.0)
     top = np.float32(nmax)
     zero = np.float32(0.0)
     e0 = e1 = e2 = np.float32(0.0)
-    for i in range(s, s + n):
-        xi = x[i]
-        wi = w[i]
+    for i in range(n):
+        xi = xs[i]
+        wi = ws[i]
         r0 = a * min(top, max(zero, np.rint((xi + b0) * inv))) - b0 - xi
         r1 = a * min(top, max(zero, np.rint((xi + b1) * inv))) - b1 - xi
         r2 = a * min(top, max(zero, np.rint((xi + b2) * inv))) - b2 - xi
@@ -187,7 +188,7 @@ def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc,
     return total
 
 
-@njit
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
     """Least squares (d, dmin) for x ~ d*sc*L - dmin*m over the super-block."""
     saa = sab = sbb = sax = sbx = 0.0
@@ -212,7 +213,7 @@ def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
     return 0.0, 0.0
 
 
-@njit
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def _sub_weights(w, nsub, sub, L, wl2, wsum):
     """Per sub-block sum w L^2 and sum w: how much an error in its scale and in its min cost."""
     for j in range(nsub):
@@ -228,12 +229,11 @@ def _sub_weights(w, nsub, sub, L, wl2, wsum):
 def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin)."""
     n = nsub * sub
-    Lt = np.empty(n, np.int32)
     ideal_a = np.empty(nsub, np.float64)
     ideal_b = np.empty(nsub, np.float64)
     amax = bmax = 0.0
     for j in range(nsub):
-        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, Lt)
+        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
     wl2 = np.empty(nsub, np.float64)
@@ -244,13 +244,17 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = best_dm = np.float32(0.0)
+    first_d = first_dm = np.float32(np.nan)
     for start in range(2):  # the best super scales for the ideal values, then the plain maxima
         if start == 0:
             d = round_to_f16(super_scale(ideal_a, wl2, 0, smax))
             dm = round_to_f16(super_scale(ideal_b, wsum, 0, smax))
+            first_d, first_dm = d, dm
         else:
             d = round_to_f16(amax / smax)
             dm = round_to_f16(bmax / smax)
+            if d == first_d and dm == first_dm:
+                break   # the same start again: the same codes
         for _ in range(4):
             err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc_t, mn_t, L_t)
             if err < best:
@@ -263,6 +267,8 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
             d_new, dm_new = _refit_d_dmin(x, w, nsub, sub, sc_t, mn_t, L_t)
             if d_new <= 0:
                 break
+            if round_to_f16(d_new) == d and round_to_f16(dm_new) == dm:
+                break   # the refit keeps the stored scales: the codes would not change
             d = round_to_f16(d_new)
             dm = round_to_f16(dm_new)
     return best_d, best_dm
@@ -271,15 +277,12 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
 # --- signed super-blocks (Q3_K, Q6_K) ---
 
 
-@njit(inline="always")
-def _signed_error_terms(x, i, a, inv, lo, hi):
-    return a * min(hi, max(lo, np.rint(x[i] * inv))) - x[i]
-
-
-@njit(inline="always")
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
-    """The weighted errors of x[s:s+n] for values a*L, a = a0, a1, a2: signed_error's sums in
-    its order and precision, side by side (codes rounded and clamped in float32, exactly)."""
+    """The weighted errors of x[s:s+n] for values a*L, a = a0, a1, a2: signed_error's sums for
+    three scales in one pass."""
+    xs = x[s:s + n]
+    ws = w[s:s + n]
     lo = np.float32(qlo)
     hi = np.float32(qhi)
     zero = np.float32(0.0)
@@ -287,11 +290,12 @@ def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
     i1 = np.float32(1.0) / a1 if a1 != 0 else zero
     i2 = np.float32(1.0) / a2 if a2 != 0 else zero
     e0 = e1 = e2 = zero
-    for i in range(s, s + n):
-        wi = w[i]
-        r0 = _signed_error_terms(x, i, a0, i0, lo, hi)
-        r1 = _signed_error_terms(x, i, a1, i1, lo, hi)
-        r2 = _signed_error_terms(x, i, a2, i2, lo, hi)
+    for i in range(n):
+        xi = xs[i]
+        wi = ws[i]
+        r0 = a0 * min(hi, max(lo, np.rint(xi * i0))) - xi
+        r1 = a1 * min(hi, max(lo, np.rint(xi * i1))) - xi
+        r2 = a2 * min(hi, max(lo, np.rint(xi * i2))) - xi
         e0 += wi * r0 * r0
         e1 += wi * r1 * r1
         e2 += wi * r2 * r2
@@ -320,7 +324,7 @@ def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L):
     return total
 
 
-@njit
+@njit(fastmath=SCAN_MATH, error_model="numpy")
 def _refit_d(x, w, nsub, sub, sc, L):
     saa = sax = 0.0
     for j in range(nsub):
@@ -335,11 +339,10 @@ def _refit_d(x, w, nsub, sub, sc, L):
 def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     """Codes for one super-block: fills sc, L; returns the f16-rounded d."""
     n = nsub * sub
-    Lt = np.empty(n, np.int32)
     ideal = np.empty(nsub, np.float64)
     big = 0.0
     for j in range(nsub):
-        ideal[j] = fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L, Lt)
+        ideal[j] = fit_signed(x, w, j * sub, sub, qlo, qhi, nstep, L)
         if abs(ideal[j]) > abs(big):
             big = ideal[j]
     wl2 = np.empty(nsub, np.float64)
@@ -349,11 +352,15 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = np.float32(0.0)
+    tried = np.full(3, np.float32(np.nan))
     for start in range(3):  # the best super scale for the ideal values; the largest at an end
         if start == 0:
             d = round_to_f16(super_scale(ideal, wl2, slo, shi))
         else:
             d = round_to_f16(big / (slo if start == 1 else shi))
+        tried[start] = d
+        if (tried[:start] == d).any():
+            continue   # a start already taken: the same codes
         for _ in range(4):
             err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t)
             if err < best:
@@ -363,8 +370,8 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
             else:
                 break
             d_new = _refit_d(x, w, nsub, sub, sc_t, L_t)
-            if d_new == 0:
-                break
+            if d_new == 0 or round_to_f16(d_new) == d:
+                break   # no refit, or one that keeps the stored scale: the codes would not change
             d = round_to_f16(d_new)
     if best == np.inf:  # an all-zero block
         sc[:] = 0

@@ -99,7 +99,7 @@ REFITS = 3
 @njit
 def _signed_block(xb, w, qlo, qhi, L, Lt):
     """x ~ d*L, L in [qlo, qhi]: quants into L; returns the f16-rounded d."""
-    a = fit_signed(xb, w, 0, 32, qlo, qhi, SIGNED_SCAN, L, Lt)
+    a = fit_signed(xb, w, 0, 32, qlo, qhi, SIGNED_SCAN, L)
     best_d = round_to_f16(a)
     best = signed_error(xb, w, 0, 32, best_d, qlo, qhi, L)
     d = best_d
@@ -124,7 +124,7 @@ def _signed_block(xb, w, qlo, qhi, L, Lt):
 @njit
 def _affine_block(xb, w, nmax, L, Lt):
     """x ~ d*L + m, L in [0, nmax], m <= 0: quants into L; returns the f16-rounded (d, m)."""
-    a, b = fit_affine(xb, w, 0, 32, nmax, L, Lt)
+    a, b = fit_affine(xb, w, 0, 32, nmax, L)
     best_d, best_m = round_to_f16(a), round_to_f16(-b)
     best = affine_error(xb, w, 0, 32, best_d, -best_m, nmax, L)
     sw = sx = sxx = 0.0
