@@ -279,8 +279,8 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
 
 @njit(fastmath=SCAN_MATH, error_model="numpy")
 def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
-    """The weighted errors of x[s:s+n] for values a*L, a = a0, a1, a2: signed_error's sums for
-    three scales in one pass."""
+    """For values a*L of x[s:s+n], a = a0, a1, a2, in one pass: signed_error's weighted errors,
+    and for each a the sums sum w L^2 and sum w L x that refit the super scale (no codes kept)."""
     xs = x[s:s + n]
     ws = w[s:s + n]
     lo = np.float32(qlo)
@@ -290,55 +290,62 @@ def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
     i1 = np.float32(1.0) / a1 if a1 != 0 else zero
     i2 = np.float32(1.0) / a2 if a2 != 0 else zero
     e0 = e1 = e2 = zero
+    q0 = q1 = q2 = p0 = p1 = p2 = 0.0
     for i in range(n):
         xi = xs[i]
         wi = ws[i]
-        r0 = a0 * min(hi, max(lo, np.rint(xi * i0))) - xi
-        r1 = a1 * min(hi, max(lo, np.rint(xi * i1))) - xi
-        r2 = a2 * min(hi, max(lo, np.rint(xi * i2))) - xi
+        l0 = min(hi, max(lo, np.rint(xi * i0)))
+        l1 = min(hi, max(lo, np.rint(xi * i1)))
+        l2 = min(hi, max(lo, np.rint(xi * i2)))
+        r0 = a0 * l0 - xi
+        r1 = a1 * l1 - xi
+        r2 = a2 * l2 - xi
         e0 += wi * r0 * r0
         e1 += wi * r1 * r1
         e2 += wi * r2 * r2
-    return e0, e1, e2
+        w0 = float(wi) * float(l0)
+        w1 = float(wi) * float(l1)
+        w2 = float(wi) * float(l2)
+        q0 += w0 * float(l0)
+        q1 += w1 * float(l1)
+        q2 += w2 * float(l2)
+        p0 += w0 * float(xi)
+        p1 += w1 * float(xi)
+        p2 += w2 * float(xi)
+    return (e0, e1, e2), (q0, q1, q2), (p0, p1, p2)
 
 
 @njit
-def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc, L):
+def _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc):
     """Per sub-block, the integer scale code next to ideal / d of least error (the up to three
-    candidates scored in one pass, the first least one kept)."""
+    candidates scored in one pass, the first least one kept). Returns the total error and the
+    least-squares super scale for these codes and quants (the refit), without making the codes."""
     total = np.float32(0.0)
+    saa = sax = 0.0
     for j in range(nsub):
         s = j * sub
         r = clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
         c0, c1 = max(slo, r - 1), min(shi, r + 1)
-        e = _signed_errors3(x, w, s, sub, d * np.float32(c0), d * np.float32(min(c0 + 1, c1)),
-                            d * np.float32(c1), qlo, qhi)
+        e, q, p = _signed_errors3(x, w, s, sub, d * np.float32(c0), d * np.float32(min(c0 + 1, c1)),
+                                  d * np.float32(c1), qlo, qhi)
         best = np.float32(np.inf)
+        saa_j = sax_j = 0.0
         for k in range(c1 - c0 + 1):
             if e[k] < best:
                 best = e[k]
                 sc[j] = c0 + k
+                saa_j = float(sc[j]) * float(sc[j]) * q[k]
+                sax_j = float(sc[j]) * p[k]
         if best < np.inf:
-            signed_error(x, w, s, sub, d * np.float32(sc[j]), qlo, qhi, L)
+            saa += saa_j
+            sax += sax_j
         total += best
-    return total
-
-
-@njit(fastmath=SCAN_MATH, error_model="numpy")
-def _refit_d(x, w, nsub, sub, sc, L):
-    saa = sax = 0.0
-    for j in range(nsub):
-        for i in range(j * sub, j * sub + sub):
-            a = float(sc[j] * L[i])
-            saa += w[i] * a * a
-            sax += w[i] * a * x[i]
-    return sax / saa if saa > 0 else 0.0
+    return total, (sax / saa if saa > 0 else 0.0)
 
 
 @njit
 def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     """Codes for one super-block: fills sc, L; returns the f16-rounded d."""
-    n = nsub * sub
     ideal = np.empty(nsub, np.float64)
     big = 0.0
     for j in range(nsub):
@@ -349,7 +356,6 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     wsum = np.empty(nsub, np.float64)
     _sub_weights(w, nsub, sub, L, wl2, wsum)
     sc_t = np.empty(nsub, np.int32)
-    L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = np.float32(0.0)
     tried = np.full(3, np.float32(np.nan))
@@ -362,20 +368,21 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
         if (tried[:start] == d).any():
             continue   # a start already taken: the same codes
         for _ in range(4):
-            err = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t, L_t)
+            err, d_new = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t)
             if err < best:
                 best, best_d = err, d
                 sc[:] = sc_t
-                L[:] = L_t
             else:
                 break
-            d_new = _refit_d(x, w, nsub, sub, sc_t, L_t)
             if d_new == 0 or round_to_f16(d_new) == d:
                 break   # no refit, or one that keeps the stored scale: the codes would not change
             d = round_to_f16(d_new)
     if best == np.inf:  # an all-zero block
         sc[:] = 0
         L[:] = 0
+    else:             # the codes of the best scales, made once
+        for j in range(nsub):
+            signed_error(x, w, j * sub, sub, best_d * np.float32(sc[j]), qlo, qhi, L)
     return best_d
 
 
