@@ -32,6 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--llama-bin", type=Path, required=True, help="directory holding llama-quantize")
     p.add_argument("-t", "--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if not (args.llama_bin / "llama-quantize").is_file():
+        p.error(f"{args.llama_bin} holds no llama-quantize")
+    if args.layers < 1:
+        p.error("--layers must be at least 1")
     args.work.mkdir(parents=True, exist_ok=True)
     shape = synth.LlamaShape(n_layer=args.layers)
     src = args.work / f"synthetic-{args.layers}l.gguf"
