@@ -215,7 +215,6 @@ def encode_iq4_xs(x, imp, out):
     w = np.empty(256, np.float32)
     Q = np.empty(256, np.int32)
     Qc = np.empty(256, np.int32)
-    tried = np.empty(3, np.float32)
     ideal = np.empty(8, np.float64)
     wt = np.empty(8, np.float64)
     sc = np.empty(8, np.int32)
@@ -235,6 +234,7 @@ def encode_iq4_xs(x, imp, out):
             wt[j] = t2
         best = np.float32(np.inf)
         best_d = np.float32(0.0)
+        d0 = d1 = np.float32(np.nan)   # the first two starts
         sc[:] = 0
         for i in range(256):
             Q[i] = 8
@@ -243,9 +243,12 @@ def encode_iq4_xs(x, imp, out):
                 d = round_to_f16(super_scale(ideal, wt, -32, 31))
             else:
                 d = round_to_f16(big / (-32.0 if start == 1 else 31.0))
-            tried[start] = d
-            if (tried[:start] == d).any():
+            if (start > 0 and d == d0) or (start > 1 and d == d1):
                 continue   # a start already taken: the same codes
+            if start == 0:
+                d0 = d
+            elif start == 1:
+                d1 = d
             for _ in range(3):
                 if d == 0:
                     break

@@ -358,15 +358,18 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     sc_t = np.empty(nsub, np.int32)
     best = np.float32(np.inf)
     best_d = np.float32(0.0)
-    tried = np.full(3, np.float32(np.nan))
+    d0 = d1 = np.float32(np.nan)   # the first two starts
     for start in range(3):  # the best super scale for the ideal values; the largest at an end
         if start == 0:
             d = round_to_f16(super_scale(ideal, wl2, slo, shi))
         else:
             d = round_to_f16(big / (slo if start == 1 else shi))
-        tried[start] = d
-        if (tried[:start] == d).any():
+        if (start > 0 and d == d0) or (start > 1 and d == d1):
             continue   # a start already taken: the same codes
+        if start == 0:
+            d0 = d
+        elif start == 1:
+            d1 = d
         for _ in range(4):
             err, d_new = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t)
             if err < best:
