@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..encode_helpers import nearest_int
+from ..encode_helpers import nearest_int, round_to_f16
 
 
 @njit(inline="always")
@@ -289,3 +289,16 @@ def super_scale(v, wt, lo, hi):
             if err < best:
                 best, best_d = err, d
     return best_d
+
+
+@njit(inline="always")
+def signed_super_starts(v, wt, lo, hi, big):
+    """The f16 super scales a signed search starts from: super_scale's, then the largest
+    sub-scale big put at either end of the code range [lo, hi]."""
+    return (round_to_f16(super_scale(v, wt, lo, hi)), round_to_f16(big / lo), round_to_f16(big / hi))
+
+
+@njit(inline="always")
+def repeats_a_start(starts, k):
+    """Whether start k equals an earlier one (a search from it would find the same codes)."""
+    return (k > 0 and starts[k] == starts[0]) or (k > 1 and starts[k] == starts[1])

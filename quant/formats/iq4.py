@@ -14,7 +14,7 @@ from ..encode_helpers import put_f16, put_u16, round_to_f16
 from ..tables import IQ4NL_VALUES
 from ..types import Packing, register
 from .unpacking import copy_f16, nibbles32
-from .fits import SCAN_MATH, block_weights, clamp_round, super_scale
+from .fits import SCAN_MATH, block_weights, clamp_round, repeats_a_start, signed_super_starts
 
 
 @njit(inline="always")
@@ -234,21 +234,14 @@ def encode_iq4_xs(x, imp, out):
             wt[j] = t2
         best = np.float32(np.inf)
         best_d = np.float32(0.0)
-        d0 = d1 = np.float32(np.nan)   # the first two starts
         sc[:] = 0
         for i in range(256):
             Q[i] = 8
+        starts = signed_super_starts(ideal, wt, -32, 31, big)
         for start in range(3):
-            if start == 0:
-                d = round_to_f16(super_scale(ideal, wt, -32, 31))
-            else:
-                d = round_to_f16(big / (-32.0 if start == 1 else 31.0))
-            if (start > 0 and d == d0) or (start > 1 and d == d1):
-                continue   # a start already taken: the same codes
-            if start == 0:
-                d0 = d
-            elif start == 1:
-                d1 = d
+            if repeats_a_start(starts, start):
+                continue
+            d = starts[start]
             for _ in range(3):
                 if d == 0:
                     break

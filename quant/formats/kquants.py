@@ -22,8 +22,8 @@ from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
-from .fits import (SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed, signed_error,
-                   super_scale)
+from .fits import (SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed,
+                   repeats_a_start, signed_error, signed_super_starts, super_scale)
 
 
 @njit(inline="always")
@@ -358,18 +358,11 @@ def _encode_signed_block(x, w, nsub, sub, qlo, qhi, slo, shi, nstep, sc, L):
     sc_t = np.empty(nsub, np.int32)
     best = np.float32(np.inf)
     best_d = np.float32(0.0)
-    d0 = d1 = np.float32(np.nan)   # the first two starts
-    for start in range(3):  # the best super scale for the ideal values; the largest at an end
-        if start == 0:
-            d = round_to_f16(super_scale(ideal, wl2, slo, shi))
-        else:
-            d = round_to_f16(big / (slo if start == 1 else shi))
-        if (start > 0 and d == d0) or (start > 1 and d == d1):
-            continue   # a start already taken: the same codes
-        if start == 0:
-            d0 = d
-        elif start == 1:
-            d1 = d
+    starts = signed_super_starts(ideal, wl2, slo, shi, big)
+    for start in range(3):
+        if repeats_a_start(starts, start):
+            continue
+        d = starts[start]
         for _ in range(4):
             err, d_new = _pick_signed_codes(x, w, nsub, sub, qlo, qhi, slo, shi, d, ideal, sc_t)
             if err < best:
