@@ -57,6 +57,13 @@ def clamp_round(v, lo, hi):
 SCAN_MATH = {"reassoc", "nsz"}
 
 
+@njit(inline="always")
+def grid_code(v, lo, hi):
+    """The code of v (already divided by the step) on the integer grid [lo, hi], as a float:
+    rounded half to even, clamped. Kept a float so that the scans stay in vector registers."""
+    return min(hi, max(lo, np.rint(v)))
+
+
 @njit(fastmath=SCAN_MATH, error_model="numpy")
 def affine_error(x, w, s, n, a, b, nmax, L):
     """Quantize x[s:s+n] for value a*L - b (a, b already as the decoder computes them) into L;
@@ -69,7 +76,7 @@ def affine_error(x, w, s, n, a, b, nmax, L):
     zero = np.float32(0.0)
     err = np.float32(0.0)
     for i in range(n):
-        l = min(top, max(zero, np.rint((xs[i] + b) * inv)))
+        l = grid_code((xs[i] + b) * inv, zero, top)
         Ls[i] = np.int32(l)
         e = a * l - b - xs[i]
         err += ws[i] * e * e
@@ -85,7 +92,7 @@ def affine_sums(x, w, s, n, inv, b, nmax):
     top = float(nmax)
     sl = sl2 = sxl = 0.0
     for i in range(n):
-        l = min(top, max(0.0, np.rint((xs[i] + b) * inv)))
+        l = grid_code((xs[i] + b) * inv, 0.0, top)
         wl = ws[i] * l
         sl += wl
         sl2 += wl * l
@@ -98,7 +105,7 @@ def affine_codes(x, s, n, inv, b, nmax, L):
     """The codes of affine_sums into L."""
     top = float(nmax)
     for i in range(s, s + n):
-        L[i] = np.int32(min(top, max(0.0, np.rint((x[i] + b) * inv))))
+        L[i] = np.int32(grid_code((x[i] + b) * inv, 0.0, top))
 
 
 @njit
@@ -178,7 +185,7 @@ def signed_error(x, w, s, n, a, qlo, qhi, L):
     hi = np.float32(qhi)
     err = np.float32(0.0)
     for i in range(n):
-        l = min(hi, max(lo, np.rint(xs[i] * inv)))
+        l = grid_code(xs[i] * inv, lo, hi)
         Ls[i] = np.int32(l)
         e = a * l - xs[i]
         err += ws[i] * e * e
@@ -195,7 +202,7 @@ def signed_sums(x, w, s, n, inv, qlo, qhi):
     hi = float(qhi)
     sxl = sl2 = 0.0
     for i in range(n):
-        l = min(hi, max(lo, np.rint(xs[i] * inv)))
+        l = grid_code(xs[i] * inv, lo, hi)
         wl = ws[i] * l
         sxl += wl * xs[i]
         sl2 += wl * l
@@ -208,11 +215,11 @@ def signed_codes(x, s, n, inv, qlo, qhi, L):
     lo = float(qlo)
     hi = float(qhi)
     for i in range(s, s + n):
-        L[i] = np.int32(min(hi, max(lo, np.rint(x[i] * inv))))
+        L[i] = np.int32(grid_code(x[i] * inv, lo, hi))
 
 
 @njit(fastmath=SCAN_MATH, error_model="numpy")
-def _largest_and_energy(x, w, s, n):
+def largest_and_energy(x, w, s, n):
     """The x of largest magnitude in x[s:s+n] (the first one) and sum w x^2."""
     big = np.float32(0.0)
     sxx = 0.0
@@ -228,7 +235,7 @@ def fit_signed(x, w, s, n, qlo, qhi, nstep, L):
     """Best scale a for one sub-block: the largest |x| is put near either end of the range
     (the ends are unequal, so both signs are tried), each candidate refined Lloyd-style. As in
     fit_affine, the codes are made once, at the end."""
-    big, sxx = _largest_and_energy(x, w, s, n)
+    big, sxx = largest_and_energy(x, w, s, n)
     if big == 0:
         L[s:s + n] = 0
         return 0.0

@@ -14,7 +14,7 @@ from ..encode_helpers import put_f16, put_u16, round_to_f16
 from ..tables import IQ4NL_VALUES
 from ..types import Packing, register
 from .unpacking import copy_f16, nibbles32
-from .fits import SCAN_MATH, block_weights, clamp_round, repeats_a_start, signed_super_starts
+from .fits import SCAN_MATH, block_weights, clamp_round, largest_and_energy, repeats_a_start, signed_super_starts
 
 
 @njit(inline="always")
@@ -113,22 +113,11 @@ def nl_sums(x, w, s, inv):
     return sxq, sqq
 
 
-@njit(fastmath=SCAN_MATH, error_model="numpy")
-def _largest_and_energy(x, w, s):
-    big = np.float32(0.0)
-    sxx = 0.0
-    for i in range(s, s + 32):
-        sxx += w[i] * x[i] * x[i]
-        if abs(x[i]) > abs(big):
-            big = x[i]
-    return big, sxx
-
-
 @njit
 def fit_nl(x, w, s, Q):
     """The least-squares a for x[s:s+32] ~ a * T[q]; the quants go to Q (made once, at the
     end, from the scale that gave the best fit)."""
-    big, sxx = _largest_and_energy(x, w, s)
+    big, sxx = largest_and_energy(x, w, s, 32)
     if big == 0:
         for i in range(s, s + 32):
             Q[i] = 8  # T[8] = 1: the smallest magnitude, times a = 0

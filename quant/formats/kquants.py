@@ -23,7 +23,7 @@ from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
 from .fits import (SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine, fit_signed,
-                   repeats_a_start, signed_error, signed_super_starts, super_scale)
+                   grid_code, repeats_a_start, signed_error, signed_super_starts, super_scale)
 
 
 @njit(inline="always")
@@ -152,9 +152,9 @@ def _affine_errors3(x, w, s, n, a, b0, b1, b2, nmax):
     for i in range(n):
         xi = xs[i]
         wi = ws[i]
-        r0 = a * min(top, max(zero, np.rint((xi + b0) * inv))) - b0 - xi
-        r1 = a * min(top, max(zero, np.rint((xi + b1) * inv))) - b1 - xi
-        r2 = a * min(top, max(zero, np.rint((xi + b2) * inv))) - b2 - xi
+        r0 = a * grid_code((xi + b0) * inv, zero, top) - b0 - xi
+        r1 = a * grid_code((xi + b1) * inv, zero, top) - b1 - xi
+        r2 = a * grid_code((xi + b2) * inv, zero, top) - b2 - xi
         e0 += wi * r0 * r0
         e1 += wi * r1 * r1
         e2 += wi * r2 * r2
@@ -294,9 +294,9 @@ def _signed_errors3(x, w, s, n, a0, a1, a2, qlo, qhi):
     for i in range(n):
         xi = xs[i]
         wi = ws[i]
-        l0 = min(hi, max(lo, np.rint(xi * i0)))
-        l1 = min(hi, max(lo, np.rint(xi * i1)))
-        l2 = min(hi, max(lo, np.rint(xi * i2)))
+        l0 = grid_code(xi * i0, lo, hi)
+        l1 = grid_code(xi * i1, lo, hi)
+        l2 = grid_code(xi * i2, lo, hi)
         r0 = a0 * l0 - xi
         r1 = a1 * l1 - xi
         r2 = a2 * l2 - xi
