@@ -227,29 +227,44 @@ def plan_measurements(src: GGUFFile, im: ImportanceMatrix, seed: int = 0,
     return Measurements(tasks, [pairs[i] for i in chosen])
 
 
-def _weights(src: GGUFFile, name: str) -> np.ndarray:
+CHUNK_ROWS = 4096                # rows dequantized at a time to encode a whole tensor
+
+
+def _weights(src: GGUFFile, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """Some rows of a tensor as float32 (only those are dequantized)."""
     t = src.tensors[name]
-    return dequantize(src.raw(name), t.qtype, t.shape).reshape(-1, t.n_cols)
+    raw = src.raw(name).reshape(-1, t.qtype.row_bytes(t.n_cols))[rows]
+    return dequantize(np.ascontiguousarray(raw), t.qtype, (len(raw), t.n_cols)).reshape(-1, t.n_cols)
+
+
+def _encoded(src: GGUFFile, task: TensorTask, qtype) -> np.ndarray:
+    """The whole tensor encoded as qtype, CHUNK_ROWS rows at a time: the float32 copy of a large
+    matrix (an output layer of 150k rows) never exists whole."""
+    t = src.tensors[task.name]
+    n_rows = t.n_elements // t.n_cols
+    return np.concatenate([quantize_tensor_rows(task.name, _weights(src, task.name, slice(r, r + CHUNK_ROWS)),
+                                                qtype, task.importance)
+                           for r in range(0, n_rows, CHUNK_ROWS)])
 
 
 def measure_tensor(src: GGUFFile, probe: SensitivityProbe, task: TensorTask) -> TensorCosts:
     """E(t, q) for every candidate q, and the KLD with t alone at the reference type."""
     t = src.tensors[task.name]
     kind, layer = tensor_kind(task.name)
-    w = _weights(src, task.name)
-    rows = np.ascontiguousarray(w if task.rows is None else w[task.rows])
-    scale = len(w) / len(rows)
+    n_rows = t.n_elements // t.n_cols
+    rows = _weights(src, task.name, slice(None) if task.rows is None else task.rows)
+    scale = n_rows / len(rows)
     tc = TensorCosts(task.name, kind, layer, t.n_elements, t.n_cols, reference=task.reference,
                      probed=task.probe)
     start = time.perf_counter()
     for q in task.types:
         qt = by_name(q)
-        tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
+        tc.bytes[q] = qt.row_bytes(t.n_cols) * n_rows
         tc.error[q] = _error(task.name, rows, qt, task.importance) * scale
     tc.error_seconds = time.perf_counter() - start
     if task.probe:
         ref = by_name(task.reference)
-        tc.measured[task.reference] = probe.kld_with(task.name, quantize_tensor_rows(task.name, w, ref, task.importance), ref)
+        tc.measured[task.reference] = probe.kld_with(task.name, _encoded(src, task, ref), ref)
         tc.probe_seconds = time.perf_counter() - start - tc.error_seconds
     return tc
 
@@ -257,7 +272,7 @@ def measure_tensor(src: GGUFFile, probe: SensitivityProbe, task: TensorTask) -> 
 def measure_pair(src: GGUFFile, probe: SensitivityProbe, task: TensorTask, qtype: str) -> float:
     """The KLD with the tensor alone quantized to another type than the reference (held out)."""
     q = by_name(qtype)
-    return probe.kld_with(task.name, quantize_tensor_rows(task.name, _weights(src, task.name), q, task.importance), q)
+    return probe.kld_with(task.name, _encoded(src, task, q), q)
 
 
 def interpolate_gains(tensors: list[TensorCosts]) -> None:
