@@ -54,8 +54,20 @@ def budget_from(src: GGUFFile, target_bpw: float | None, target_size: int | None
     return int(target_size) - overhead - fixed
 
 
-def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int) -> Allocation:
-    cands = {tc.name: [Candidate(q, tc.bytes[q], tc.predicted(q)) for q in tc.error] for tc in table.tensors}
+def source_types(src: GGUFFile) -> set[str]:
+    """The quantized types the source's weight matrices have: a mix may take them to reproduce
+    a tensor exactly, a gain an unquantized source would not see."""
+    return {t.qtype.name for n, t in src.tensors.items()
+            if is_quantizable(n, t.shape) and t.qtype.block_size > 1}
+
+
+def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int,
+                        exclude: frozenset[str] = frozenset()) -> Allocation:
+    cands = {tc.name: [Candidate(q, tc.bytes[q], tc.predicted(q)) for q in tc.error if q not in exclude]
+             for tc in table.tensors}
+    if not all(cands.values()):
+        bare = next(n for n, c in cands.items() if not c)
+        raise AllocationError(f"no candidate type is left for {bare} without {', '.join(sorted(exclude))}")
     fixed, n_params = fixed_bytes(src)
     try:
         chosen = allocate(cands, budget)
@@ -82,7 +94,7 @@ def recipe_header(src: GGUFFile, table: SensitivityTable, alloc: Allocation, wha
     return [f"lowbit recipe for {src.path.name}: {what}",
             f"{alloc.bpw:.4f} bits per weight, {alloc.tensor_bytes / MiB:.2f} MiB of tensors, "
             f"predicted KLD {alloc.predicted_kld:.4g} (the sum over tensors)",
-            f"sensitivity from {table.sample_tokens} calibration tokens; held-out rank correlation "
+            f"sensitivity ({table.mode} gains) from {table.sample_tokens} calibration tokens; held-out rank correlation "
             f"(Spearman, {rc.get('pairs', 0)} pairs) of the predicted cost: "
             f"{rc.get('error_times_tensor_gain', float('nan')):.3f}",
             "edit freely: one tensor per line, TENSOR TYPE; apply with lowbit quantize IN OUT --recipe FILE"]
@@ -96,11 +108,13 @@ def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_tex
                     recipe_path: Path, target_bpw: float | None = None, target_size: int | None = None,
                     candidates: list[str] | None = None,
                     progress: Callable[[str], None] = lambda s: None,
-                    cluster=None) -> tuple[SensitivityTable, Allocation]:
+                    cluster=None, mode: str = "tensor",
+                    exclude: frozenset[str] = frozenset()) -> tuple[SensitivityTable, Allocation]:
     """The whole pipeline behind --target-bpw/--target-size and `ladder --allocate`: the budget
     checked, the sensitivity table measured on the first n_tokens of calib_text (or read from
-    the cache, without loading the model; on `cluster` when given: eval/cluster.py), the
-    allocation, and its recipe written."""
+    the cache, without loading the model; on `cluster` when given: eval/cluster.py; `mode`:
+    eval/sensitivity.py), the allocation among the candidates not in `exclude`, and its recipe
+    written."""
     from lowbit.runtime.model import Model
     from lowbit.runtime.tokenizer import Tokenizer
 
@@ -111,8 +125,10 @@ def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_tex
                               f"{n_tokens} the sensitivity measurement takes (--sensitivity-tokens)")
     sample = np.asarray(tokens[:n_tokens], dtype=np.int64)
     table = load_or_build(src, lambda: Model(src), im, im_path, sample, progress=progress,
-                          candidates=candidates, cluster=cluster)
-    alloc = allocate_for_budget(src, table, budget)
-    write_recipe(recipe_path, recipe_rows(table, alloc),
-                 recipe_header(src, table, alloc, budget_label(target_bpw, target_size)))
+                          candidates=candidates, cluster=cluster, mode=mode)
+    alloc = allocate_for_budget(src, table, budget, exclude)
+    what = budget_label(target_bpw, target_size)
+    if exclude:
+        what += f", without {', '.join(sorted(exclude))}"
+    write_recipe(recipe_path, recipe_rows(table, alloc), recipe_header(src, table, alloc, what))
     return table, alloc

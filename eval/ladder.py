@@ -33,7 +33,7 @@ from lowbit.quant.recipes import NEEDS_IMATRIX, PRESETS_NEEDING_IMATRIX, PlanOpt
 
 from .llama_quantize import LLAMA_QUANTIZE, check_binary, run_llama_quantize
 from .loading import read_text, write_atomically
-from .report import LOWBIT, alloc_budget, alloc_name
+from .report import LOWBIT, alloc_budget, alloc_name, without_source
 
 RESULTS = "results.json"
 
@@ -60,7 +60,9 @@ class LadderConfig:
     bench_reps: int = 2
     keep_files: bool = True
     allocate: list[float] = field(default_factory=list)   # --target-bpw mixes to add (bits per weight)
+    allocate_without_source: list[float] = field(default_factory=list)   # ... not taking the source's types
     sensitivity_tokens: int = 512
+    sensitivity_mode: str = "tensor"  # eval/sensitivity.py: a gain per tensor, or per kind at a few depths
     llama_quantize: Path | None = None   # llama.cpp's llama-quantize: its files as entries beside lowbit's
     extra_text: str | None = None    # a second evaluation text (a file, or "python-stdlib"): PPL and KLD
     extra_chunks: int | None = 20
@@ -145,6 +147,7 @@ class Entry:
     eval_seconds: float = 0.0
     speed: dict = field(default_factory=dict)   # settings, pp_tps, tg_tps (empty: not measured)
     extra: dict = field(default_factory=dict)   # ppl, ppl_error, kld on the second text (empty: none)
+    sensitivity: str = ""            # a mix: the sensitivity mode its plan came from
 
     @property
     def key(self) -> str:
@@ -155,7 +158,7 @@ class Entry:
 
 def entries_to_run(cfg: LadderConfig) -> list[Entry]:
     cfg.check()
-    if cfg.allocate and cfg.calib_text is None:
+    if (cfg.allocate or cfg.allocate_without_source) and cfg.calib_text is None:
         raise LadderError("--allocate needs --calib TEXT: each tensor's sensitivity is measured on it")
     out = []
     for name in cfg.types:
@@ -170,7 +173,9 @@ def entries_to_run(cfg: LadderConfig) -> list[Entry]:
             if cfg.with_and_without:
                 out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok",
                                  quantizer=quantizer))
-    out += [Entry(alloc_name(b), True) for b in cfg.allocate]
+    out += [Entry(alloc_name(b), True, sensitivity=cfg.sensitivity_mode) for b in cfg.allocate]
+    out += [Entry(alloc_name(b, without_source=True), True, sensitivity=cfg.sensitivity_mode)
+            for b in cfg.allocate_without_source]
     return out
 
 
@@ -286,6 +291,15 @@ def evaluate_extra(model, tok, ev: Evaluation) -> dict:
     return {"ppl": res.ppl, "ppl_error": res.ppl_error, "kld": kld}
 
 
+def needs_run(record: dict | None, entry: Entry) -> bool:
+    """Whether an entry is still to measure: never measured, failed, or a mix measured from
+    another sensitivity mode than the one asked for now (records from before there were modes:
+    "tensor")."""
+    if record is None or record["status"].startswith("failed"):
+        return True
+    return bool(entry.sensitivity) and (record.get("sensitivity") or "tensor") != entry.sensitivity
+
+
 class Ladder:
     """Runs a LadderConfig; `stage(text)` reports what is happening, for a progress line. With a
     cluster (eval/cluster.py) the entries and the sensitivity run there (eval/ladder_cluster.py)."""
@@ -392,21 +406,23 @@ class Ladder:
             speed["pp_tps" if r["n_prompt"] else "tg_tps"] = r["avg_ts"]
         record["speed"] = speed
 
-    def allocated_options(self, src, bpw: float, im) -> PlanOptions:
-        """The per-tensor plan for bpw from the sensitivity table; its recipe goes to the out dir."""
-        from .dynamic import plan_for_budget
+    def allocated_options(self, src, name: str, im) -> PlanOptions:
+        """The per-tensor plan of the mix `name` from the sensitivity table; its recipe goes to
+        the out dir."""
+        from .dynamic import plan_for_budget, source_types
         c = self.cfg
-        self.stage(f"{alloc_name(bpw)}: sensitivity")
+        self.stage(f"{name}: sensitivity")
+        exclude = frozenset(source_types(src)) if without_source(name) else frozenset()
         _, alloc = plan_for_budget(src, im, str(c.imatrix_path()), read_text(c.calib_text),
-                                   c.sensitivity_tokens, c.out_dir / f"{alloc_name(bpw)}.recipe", target_bpw=bpw,
-                                   cluster=self.cluster)
+                                   c.sensitivity_tokens, c.out_dir / f"{name}.recipe",
+                                   target_bpw=alloc_budget(name), cluster=self.cluster,
+                                   mode=c.sensitivity_mode, exclude=exclude)
         return PlanOptions(None, recipe=alloc.types)
 
     def entry_plan(self, entry: Entry, src, im) -> tuple[PlanOptions, str | None]:
         """How the entry quantizes, and the preset's own type (None for a mix)."""
-        budget = alloc_budget(entry.type)
-        if budget is not None:
-            return self.allocated_options(src, budget, im), None
+        if alloc_budget(entry.type) is not None:
+            return self.allocated_options(src, entry.type, im), None
         return PlanOptions(entry.type), resolve_target(entry.type)[0].default
 
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
@@ -456,7 +472,7 @@ class Ladder:
         save_results(c, data)
         for entry in todo:
             record = data["entries"].get(entry.key)
-            if record is None or record["status"].startswith("failed"):
+            if needs_run(record, entry):
                 if entry.status == "ok":
                     entry = self.run_entry(entry, base, im)
                 record = data["entries"][entry.key] = asdict(entry)

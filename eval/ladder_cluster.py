@@ -37,7 +37,8 @@ from lowbit.quant.jit_cache import cache_dir
 from lowbit.quant.recipes import PlanOptions
 
 from .cluster import RemoteModel, scratch_folder, task
-from .ladder import Entry, Evaluation, Ladder, LadderError, entries_to_run, entry_file_name, load_results, measure_entry, save_results
+from .ladder import (Entry, Evaluation, Ladder, LadderError, entries_to_run, entry_file_name, load_results,
+                     measure_entry, needs_run, save_results)
 from .loading import write_atomically
 from .perplexity import PerplexityResult
 
@@ -152,7 +153,7 @@ def run_on_cluster(ladder: Ladder) -> dict:
         tasks[cluster.submit(base_task, shared, priority=1)] = None
     for entry in todo:
         record = data["entries"].get(entry.key)
-        if record is not None and not record["status"].startswith("failed"):
+        if not needs_run(record, entry):
             continue
         if entry.status == "ok":
             try:

@@ -48,15 +48,23 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
 
 
 ALLOC = "alloc-"   # ladder entries that are lowbit's own mixes: "alloc-<budget>bpw"
+NO_SOURCE = "-nosource"   # ... chosen without the source's own types: "alloc-<budget>bpw-nosource"
 
 
-def alloc_name(bpw: float) -> str:
-    return f"{ALLOC}{bpw:g}bpw"
+def alloc_name(bpw: float, without_source: bool = False) -> str:
+    return f"{ALLOC}{bpw:g}bpw{NO_SOURCE if without_source else ''}"
 
 
 def alloc_budget(type_name: str) -> float | None:
     """The bits-per-weight budget of a mix's entry name, None for a preset."""
-    return float(type_name[len(ALLOC):-len("bpw")]) if type_name.startswith(ALLOC) else None
+    if not type_name.startswith(ALLOC):
+        return None
+    return float(type_name[len(ALLOC):].removesuffix(NO_SOURCE).removesuffix("bpw"))
+
+
+def without_source(type_name: str) -> bool:
+    """Whether a mix's entry name says it was chosen without the source's own types."""
+    return type_name.startswith(ALLOC) and type_name.endswith(NO_SOURCE)
 
 
 def is_allocated(e: dict) -> bool:
@@ -230,18 +238,22 @@ def plot_kld(data: dict, path: Path, machine: str) -> Path:
             name = e["type"] + (f" = the base (KLD {e['kld']['mean']:.0e})" if e["kld"]["mean"] < NEAR_ZERO else "")
             ax.annotate(name, (e["bpw"], y[id(e)]), fontsize=7,
                         xytext=(4, 2 if with_im else -8), textcoords="offset points")
-    mixes = sorted((e for e in rows if is_allocated(e)), key=lambda e: e["bpw"])
-    if mixes:
+    for fresh, color, label in ((False, "C2", "lowbit per-tensor allocation"),
+                                (True, "C4", "lowbit per-tensor allocation without the source's types")):
+        mixes = sorted((e for e in rows if is_allocated(e) and without_source(e["type"]) == fresh),
+                       key=lambda e: e["bpw"])
+        if not mixes:
+            continue
         ax.scatter([e["bpw"] for e in mixes], [y[id(e)] for e in mixes], marker="*", s=120,
-                   color="C2", label="lowbit per-tensor allocation", zorder=4)
-        ax.plot([e["bpw"] for e in mixes], [y[id(e)] for e in mixes], "--", color="C2", zorder=2)
+                   color=color, label=label, zorder=4)
+        ax.plot([e["bpw"] for e in mixes], [y[id(e)] for e in mixes], "--", color=color, zorder=2)
         by_point = {}   # budgets the allocator did not need all of can give the same mix
         for e in mixes:
             by_point.setdefault((round(e["bpw"], 3), round(y[id(e)], 6)), []).append(e)
         for same in by_point.values():
             budgets = ", ".join(f"{alloc_budget(e['type']):g}" for e in same)
             ax.annotate(f"{same[0]['bpw']:.2f} bpw mix (budget {budgets})", (same[0]["bpw"], y[id(same[0])]),
-                        fontsize=7, xytext=(4, 6), textcoords="offset points", color="C2")
+                        fontsize=7, xytext=(4, -10 if fresh else 6), textcoords="offset points", color=color)
     pts = [(e["bpw"], y[id(e)]) for e in rows]
     front = pareto(pts)
     if front:

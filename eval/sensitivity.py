@@ -12,7 +12,14 @@ For every quantizable tensor t and candidate type q:
     reaches the logits.
 The predicted cost of t as q is g(t) * E(t, q). A sample of other (t, q) pairs is measured too,
 held out, to report how well the predictors rank what is measured (Spearman), for E alone, for
-E scaled by a gain per tensor kind, and for the per-tensor gains that the allocator uses.
+E scaled by a gain per tensor kind, and for the gains that the allocator uses.
+
+Two modes. "tensor" measures every tensor's gain: one model run per tensor, so its cost grows
+with layers x model size. "kind" measures the gain of each tensor kind (attn_q, ffn_down, ...) at
+a few depths (PROBED_DEPTHS layers, first and last included) and gives the other layers the gain
+interpolated between the probed ones (log-linear in the layer index), and estimates E on fewer
+rows: a fixed number of model runs whatever the depth. Its held-out pairs include unprobed
+tensors at the reference type, so its rank correlation checks the interpolation too.
 
 Tables are cached by the content of what they depend on (model, importance matrix, sample), so
 a --dry-run followed by the real run measures once.
@@ -47,7 +54,9 @@ from .perplexity import log_softmax_rows
 CANDIDATES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "Q2_K", "Q3_K",
               "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q4_0", "Q5_0", "Q5_1", "Q8_0"]
 REFERENCE = ("Q3_K", "Q4_0")     # the measured type: 256-block rows, other rows (when candidates)
-ROW_SAMPLE = 4096                # rows of a tensor encoded to estimate E (scaled to the whole)
+MODES = ("tensor", "kind")
+ROW_SAMPLE = {"tensor": 4096, "kind": 512}   # rows of a tensor encoded to estimate E (scaled up)
+PROBED_DEPTHS = 4                # "kind": layers per tensor kind whose KLD is measured
 HELD_OUT = 48                    # extra (tensor, type) pairs measured to check the predictors
 VERSION = 3                      # 2: swaps reach the stacked q/k/v and gate/up products;
                                  # 3: attn_q/attn_k encoded at their least-squares gain
@@ -64,11 +73,23 @@ class TensorCosts:
     error: dict = field(default_factory=dict)      # type -> E(t, q)
     measured: dict = field(default_factory=dict)   # type -> KLD with t alone quantized
     reference: str = ""
+    probed: bool = True          # its gain measured ("kind" mode: only at a few depths)
+    estimated_gain: float = 0.0  # unprobed: the gain interpolated from its kind's probed layers
+    error_seconds: float = 0.0   # time spent estimating E for every candidate
+    probe_seconds: float = 0.0   # time spent measuring the KLD at the reference
+
+    @property
+    def own_gain(self) -> float:
+        e = self.error.get(self.reference, 0.0)
+        return self.measured.get(self.reference, 0.0) / e if e > 0 else 0.0
 
     @property
     def gain(self) -> float:
-        e = self.error.get(self.reference, 0.0)
-        return self.measured.get(self.reference, 0.0) / e if e > 0 else 0.0
+        return self.own_gain if self.probed else self.estimated_gain
+
+    def held_out(self, qtype: str) -> bool:
+        """Whether the KLD measured at qtype checks the prediction (was not used to make it)."""
+        return not (self.probed and qtype == self.reference)
 
     def predicted(self, qtype: str) -> float:
         return self.gain * self.error[qtype]
@@ -81,16 +102,17 @@ class SensitivityTable:
     sample_tokens: int
     seconds: float = 0.0
     rank_correlation: dict = field(default_factory=dict)
+    mode: str = "tensor"
 
     def to_json(self) -> dict:
         return {"version": VERSION, "model": self.model, "sample_tokens": self.sample_tokens,
-                "seconds": self.seconds, "rank_correlation": self.rank_correlation,
+                "seconds": self.seconds, "rank_correlation": self.rank_correlation, "mode": self.mode,
                 "tensors": [asdict(t) for t in self.tensors]}
 
     @classmethod
     def from_json(cls, d: dict) -> "SensitivityTable":
         return cls(d["model"], [TensorCosts(**t) for t in d["tensors"]], d["sample_tokens"],
-                   d["seconds"], d["rank_correlation"])
+                   d["seconds"], d["rank_correlation"], d.get("mode", "tensor"))
 
 
 def tensor_kind(name: str) -> tuple[str, int]:
@@ -152,6 +174,7 @@ class TensorTask:
     types: list[str]                 # the candidates its rows can take
     reference: str                   # the type whose KLD is measured
     importance: np.ndarray | None    # the importance matrix's entry for it
+    probe: bool = True               # measure the KLD at the reference ("kind" mode: a few layers)
 
 
 @dataclass
@@ -162,68 +185,127 @@ class Measurements:
     held_out: list[tuple[int, str]]  # (index into tensors, type)
 
 
+def probed_layers(layers: list[int], depths: int = PROBED_DEPTHS) -> set[int]:
+    """The layers of one tensor kind whose gain "kind" mode measures: evenly spread, first and
+    last included."""
+    layers = sorted(layers)
+    picks = np.rint(np.linspace(0, len(layers) - 1, min(depths, len(layers)))).astype(int)
+    return {layers[i] for i in picks}
+
+
 def plan_measurements(src: GGUFFile, im: ImportanceMatrix, seed: int = 0,
-                      candidates: list[str] | None = None) -> Measurements:
+                      candidates: list[str] | None = None, mode: str = "tensor") -> Measurements:
+    if mode not in MODES:
+        raise ValueError(f"unknown sensitivity mode {mode!r}")
     rng = np.random.default_rng(seed)
+    names = [n for n, t in src.tensors.items() if is_quantizable(n, t.shape)]
+    probe = set(names)
+    if mode == "kind":
+        by_kind: dict[str, dict[int, str]] = {}
+        for name in names:
+            kind, layer = tensor_kind(name)
+            if layer >= 0:
+                by_kind.setdefault(kind, {})[layer] = name
+        for layers in by_kind.values():
+            probe -= {layers[k] for k in set(layers) - probed_layers(list(layers))}
     tasks = []
-    for name in (n for n, t in src.tensors.items() if is_quantizable(n, t.shape)):
+    for name in names:
         t = src.tensors[name]
         n_rows = t.n_elements // t.n_cols
-        pick = np.sort(rng.choice(n_rows, ROW_SAMPLE, replace=False)) if n_rows > ROW_SAMPLE else None
+        sample = ROW_SAMPLE[mode]
+        pick = np.sort(rng.choice(n_rows, sample, replace=False)) if n_rows > sample else None
         types = candidate_types(t.n_cols, candidates)
         if not types:
             raise AllocationError(f"none of the candidate types can take {name}'s rows of {t.n_cols}")
         reference = next((r for r in REFERENCE if r in types), types[len(types) // 2])
-        tasks.append(TensorTask(name, pick, types, reference, im.importance(name)))
-    # Held-out pairs: other types of random tensors, to check how the predictors rank.
-    pairs = [(k, q) for k, task in enumerate(tasks) for q in task.types if q != task.reference]
+        tasks.append(TensorTask(name, pick, types, reference, im.importance(name), name in probe))
+    # Held-out pairs: other types of random tensors (and unprobed tensors at any type), to check
+    # how the predictors rank.
+    pairs = [(k, q) for k, task in enumerate(tasks) for q in task.types
+             if not (task.probe and q == task.reference)]
     chosen = rng.choice(len(pairs), min(HELD_OUT, len(pairs)), replace=False)
     return Measurements(tasks, [pairs[i] for i in chosen])
 
 
-def _weights(src: GGUFFile, name: str) -> np.ndarray:
+CHUNK_ROWS = 4096                # rows dequantized at a time to encode a whole tensor
+
+
+def _weights(src: GGUFFile, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """Some rows of a tensor as float32 (only those are dequantized)."""
     t = src.tensors[name]
-    return dequantize(src.raw(name), t.qtype, t.shape).reshape(-1, t.n_cols)
+    raw = src.raw(name).reshape(-1, t.qtype.row_bytes(t.n_cols))[rows]
+    return dequantize(np.ascontiguousarray(raw), t.qtype, (len(raw), t.n_cols)).reshape(-1, t.n_cols)
+
+
+def _encoded(src: GGUFFile, task: TensorTask, qtype) -> np.ndarray:
+    """The whole tensor encoded as qtype, CHUNK_ROWS rows at a time: the float32 copy of a large
+    matrix (an output layer of 150k rows) never exists whole."""
+    t = src.tensors[task.name]
+    n_rows = t.n_elements // t.n_cols
+    return np.concatenate([quantize_tensor_rows(task.name, _weights(src, task.name, slice(r, r + CHUNK_ROWS)),
+                                                qtype, task.importance)
+                           for r in range(0, n_rows, CHUNK_ROWS)])
 
 
 def measure_tensor(src: GGUFFile, probe: SensitivityProbe, task: TensorTask) -> TensorCosts:
     """E(t, q) for every candidate q, and the KLD with t alone at the reference type."""
     t = src.tensors[task.name]
     kind, layer = tensor_kind(task.name)
-    w = _weights(src, task.name)
-    rows = np.ascontiguousarray(w if task.rows is None else w[task.rows])
-    scale = len(w) / len(rows)
-    tc = TensorCosts(task.name, kind, layer, t.n_elements, t.n_cols, reference=task.reference)
+    n_rows = t.n_elements // t.n_cols
+    rows = _weights(src, task.name, slice(None) if task.rows is None else task.rows)
+    scale = n_rows / len(rows)
+    tc = TensorCosts(task.name, kind, layer, t.n_elements, t.n_cols, reference=task.reference,
+                     probed=task.probe)
+    start = time.perf_counter()
     for q in task.types:
         qt = by_name(q)
-        tc.bytes[q] = qt.row_bytes(t.n_cols) * len(w)
+        tc.bytes[q] = qt.row_bytes(t.n_cols) * n_rows
         tc.error[q] = _error(task.name, rows, qt, task.importance) * scale
-    ref = by_name(task.reference)
-    tc.measured[task.reference] = probe.kld_with(task.name, quantize_tensor_rows(task.name, w, ref, task.importance), ref)
+    tc.error_seconds = time.perf_counter() - start
+    if task.probe:
+        ref = by_name(task.reference)
+        tc.measured[task.reference] = probe.kld_with(task.name, _encoded(src, task, ref), ref)
+        tc.probe_seconds = time.perf_counter() - start - tc.error_seconds
     return tc
 
 
 def measure_pair(src: GGUFFile, probe: SensitivityProbe, task: TensorTask, qtype: str) -> float:
     """The KLD with the tensor alone quantized to another type than the reference (held out)."""
     q = by_name(qtype)
-    return probe.kld_with(task.name, quantize_tensor_rows(task.name, _weights(src, task.name), q, task.importance), q)
+    return probe.kld_with(task.name, _encoded(src, task, q), q)
+
+
+def interpolate_gains(tensors: list[TensorCosts]) -> None:
+    """Each unprobed tensor's estimated gain: log-linear in the layer index between the probed
+    layers of its kind on either side (the nearest one beyond the ends)."""
+    for kind in {tc.kind for tc in tensors if not tc.probed}:
+        probed = sorted((tc.layer, tc.own_gain) for tc in tensors if tc.kind == kind and tc.probed)
+        if not probed:
+            raise ValueError(f"no probed {kind} tensor to estimate the others' gain from")
+        layers = np.array([p[0] for p in probed], dtype=float)
+        # a gain of 0 (the KLD measured as 0) would have no logarithm: floor it far below the rest
+        logs = np.log(np.maximum([p[1] for p in probed], 1e-30))
+        for tc in tensors:
+            if tc.kind == kind and not tc.probed:
+                tc.estimated_gain = float(np.exp(np.interp(tc.layer, layers, logs)))
 
 
 def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held_out: list[float],
-             n_tokens: int, seconds: float) -> SensitivityTable:
+             n_tokens: int, seconds: float, mode: str = "tensor") -> SensitivityTable:
     """The table from the measurements' results (in the plan's order)."""
     for (k, q), kld in zip(plan.held_out, held_out):
         tensors[k].measured[q] = kld
-    table = SensitivityTable(str(src.path), tensors, n_tokens, seconds)
+    interpolate_gains(tensors)
+    table = SensitivityTable(str(src.path), tensors, n_tokens, seconds, mode=mode)
     table.rank_correlation = rank_correlations(tensors)
     return table
 
 
 def build_table(src: GGUFFile, model, im: ImportanceMatrix, sample: np.ndarray, seed: int = 0,
                 progress: Callable[[str], None] = lambda s: None,
-                candidates: list[str] | None = None) -> SensitivityTable:
+                candidates: list[str] | None = None, mode: str = "tensor") -> SensitivityTable:
     start = time.perf_counter()
-    plan = plan_measurements(src, im, seed, candidates)
+    plan = plan_measurements(src, im, seed, candidates, mode)
     probe = SensitivityProbe(model, sample)
     tensors = []
     for k, task in enumerate(plan.tensors):
@@ -233,17 +315,17 @@ def build_table(src: GGUFFile, model, im: ImportanceMatrix, sample: np.ndarray, 
     for j, (k, q) in enumerate(plan.held_out):
         progress(f"held-out KLD {j + 1}/{len(plan.held_out)}: {plan.tensors[k].name} as {q}")
         held_out.append(measure_pair(src, probe, plan.tensors[k], q))
-    return assemble(src, plan, tensors, held_out, len(sample), time.perf_counter() - start)
+    return assemble(src, plan, tensors, held_out, len(sample), time.perf_counter() - start, mode)
 
 
 def rank_correlations(tensors: list[TensorCosts]) -> dict:
     """Spearman between measured held-out KLD and three predictors."""
-    held = [(tc, q) for tc in tensors for q in tc.measured if q != tc.reference]
+    held = [(tc, q) for tc in tensors for q in tc.measured if tc.held_out(q)]
     if len(held) < 3:
         return {}
     kind_gain = {}
     for kind in {tc.kind for tc in tensors}:
-        g = [tc.gain for tc in tensors if tc.kind == kind and tc.gain > 0]
+        g = [tc.own_gain for tc in tensors if tc.kind == kind and tc.probed and tc.own_gain > 0]
         kind_gain[kind] = float(np.median(g)) if g else 0.0
     measured = [tc.measured[q] for tc, q in held]
     return {
@@ -254,10 +336,13 @@ def rank_correlations(tensors: list[TensorCosts]) -> dict:
     }
 
 
-def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[str] | None) -> str:
+def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[str] | None,
+              mode: str = "tensor") -> str:
     h = hashlib.sha256()
     h.update(",".join(candidates or CANDIDATES).encode())
     h.update(str(VERSION).encode())   # with one file, the key it always had
+    if mode != "tensor":
+        h.update(f"|{mode}".encode())  # "tensor" tables keep the key they always had
     for shard in src.shards:
         st = os.stat(shard)
         h.update(f"|{shard.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -268,16 +353,18 @@ def cache_key(src: GGUFFile, im_path: str, sample: np.ndarray, candidates: list[
 
 def load_or_build(src: GGUFFile, model_loader: Callable, im: ImportanceMatrix, im_path: str,
                   sample: np.ndarray, progress=lambda s: None,
-                  candidates: list[str] | None = None, cluster=None) -> SensitivityTable:
+                  candidates: list[str] | None = None, cluster=None, mode: str = "tensor") -> SensitivityTable:
     """The table from the cache, or measured: here, or on `cluster` (eval/cluster.py) when given."""
-    path = cache_dir() / "sensitivity" / f"{cache_key(src, im_path, sample, candidates)}.json"
+    path = cache_dir() / "sensitivity" / f"{cache_key(src, im_path, sample, candidates, mode)}.json"
     if path.exists():
         return SensitivityTable.from_json(json.loads(path.read_text()))
     if cluster is not None:
         from .sensitivity_cluster import build_table_on_cluster
-        table = build_table_on_cluster(cluster, src, im, sample, progress=progress, candidates=candidates)
+        table = build_table_on_cluster(cluster, src, im, sample, progress=progress, candidates=candidates,
+                                       mode=mode)
     else:
-        table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates)
+        table = build_table(src, model_loader(), im, sample, progress=progress, candidates=candidates,
+                            mode=mode)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps(table.to_json()))
     return table

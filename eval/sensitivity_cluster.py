@@ -55,12 +55,12 @@ def held_out_kld(job: ProbeJob, t: TensorTask, qtype: str) -> float:
 
 def build_table_on_cluster(cluster: Cluster, src: GGUFFile, im: ImportanceMatrix, sample: np.ndarray,
                            seed: int = 0, progress: Callable[[str], None] = lambda s: None,
-                           candidates: list[str] | None = None) -> SensitivityTable:
+                           candidates: list[str] | None = None, mode: str = "tensor") -> SensitivityTable:
     start = time.perf_counter()
-    plan = plan_measurements(src, im, seed, candidates)
+    plan = plan_measurements(src, im, seed, candidates, mode)
     job = cluster.share(ProbeJob(RemoteModel.of(src.path), np.ascontiguousarray(sample, dtype=np.int64)))
     futures = ([cluster.submit(tensor_costs, job, t) for t in plan.tensors]
                + [cluster.submit(held_out_kld, job, plan.tensors[k], q) for k, q in plan.held_out])
     n = len(plan.tensors)
     results = cluster.gather(futures, done=lambda k, total: progress(f"measured {k}/{total} on the cluster"))
-    return assemble(src, plan, results[:n], results[n:], len(sample), time.perf_counter() - start)
+    return assemble(src, plan, results[:n], results[n:], len(sample), time.perf_counter() - start, mode)

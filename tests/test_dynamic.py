@@ -155,3 +155,77 @@ def test_probe_reaches_every_weight_and_restores_it(tmp_path):
         assert probe.kld_with(name, quantize(w, q2k), q2k) > 1e-6, name  # the swap took effect
     again = SensitivityProbe(model, np.arange(2, 40)).base
     np.testing.assert_array_equal(again, probe.base)                       # and was undone
+
+
+class _Uniform:
+    """An importance matrix that weighs every column alike."""
+    def importance(self, name):
+        return None
+
+
+def test_kind_mode_probes_a_few_depths_first_and_last(tmp_path):
+    from lowbit.eval import sensitivity as S
+    from lowbit.quant.gguffile import open_gguf
+    src = open_gguf(build_model(tmp_path / "m.gguf", "llama", "F16", embd_type="F16", n_layer=6))
+    every = S.plan_measurements(src, _Uniform(), candidates=["Q4_K", "Q8_0"])
+    assert all(t.probe for t in every.tensors)
+    assert all(q != every.tensors[k].reference for k, q in every.held_out)
+    plan = S.plan_measurements(src, _Uniform(), candidates=["Q4_K", "Q8_0"], mode="kind")
+    probed = {}
+    for t in plan.tensors:
+        kind, layer = S.tensor_kind(t.name)
+        if t.probe:
+            probed.setdefault(kind, set()).add(layer)
+    assert probed.pop("token_embd") == {-1}
+    assert set(probed) == {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+    assert all(layers == {0, 2, 3, 5} for layers in probed.values()), probed
+    # unprobed tensors may be held out at the reference type too: that checks the interpolation
+    unprobed = {k for k, t in enumerate(plan.tensors) if not t.probe}
+    all_pairs = {(k, q) for k, t in enumerate(plan.tensors) for q in t.types if k in unprobed or q != t.reference}
+    assert set(plan.held_out) <= all_pairs
+    assert S.probed_layers([7]) == {7} and S.probed_layers(list(range(28))) == {0, 9, 18, 27}
+
+
+def test_unprobed_gains_are_interpolated_log_linearly():
+    from lowbit.eval.sensitivity import TensorCosts, interpolate_gains
+
+    def tc(layer, kld=None):
+        t = TensorCosts(f"blk.{layer}.ffn_down.weight", "ffn_down", layer, 1, 1, error={"Q3_K": 2.0},
+                        reference="Q3_K", probed=kld is not None)
+        if kld is not None:
+            t.measured["Q3_K"] = kld
+        return t
+
+    ts = [tc(0, 2.0), tc(1), tc(2), tc(4, 32.0), tc(6)]
+    interpolate_gains(ts)
+    assert [t.gain for t in ts] == pytest.approx([1.0, 2.0, 4.0, 16.0, 16.0])
+    ts[1].measured["Q3_K"] = 100.0          # a held-out measurement does not become its gain
+    assert ts[1].gain == pytest.approx(2.0) and ts[1].held_out("Q3_K") and not ts[0].held_out("Q3_K")
+
+
+def test_kind_mode_table_and_a_mix_without_the_source_types(tmp_path):
+    from lowbit.eval import dynamic as D
+    from lowbit.eval import sensitivity as S
+    from lowbit.quant.gguffile import open_gguf
+    from lowbit.runtime.model import Model
+    path = build_model(tmp_path / "m.gguf", "llama", "Q4_K", embd_type="Q8_0", n_layer=5,
+                       type_overrides={f"blk.{i}.ffn_down.weight": "Q6_K" for i in range(5)})
+    src = open_gguf(path)
+    assert D.source_types(src) == {"Q4_K", "Q6_K", "Q8_0"}
+    table = S.build_table(src, Model(src), _Uniform(), np.arange(2, 40), candidates=["Q2_K", "Q4_K", "Q6_K", "Q8_0"],
+                          mode="kind")
+    assert table.mode == "kind" and table.rank_correlation["pairs"] >= 3
+    unprobed = [t for t in table.tensors if not t.probed]
+    assert {t.layer for t in unprobed} == {2} and len(unprobed) == 7     # layers 0, 1, 3, 4 probed
+    assert all(t.estimated_gain > 0 for t in unprobed)
+    assert all(t.reference in t.measured for t in table.tensors if t.probed)
+    again = S.SensitivityTable.from_json(table.to_json())
+    assert again.mode == "kind" and [t.gain for t in again.tensors] == [t.gain for t in table.tensors]
+    _, n_params = D.fixed_bytes(src)
+    budget = D.budget_from(src, 6.0, None)
+    plain = D.allocate_for_budget(src, table, budget)
+    fresh = D.allocate_for_budget(src, table, budget, frozenset(D.source_types(src)))
+    assert set(fresh.types.values()) == {"Q2_K"} and fresh.tensor_bytes <= 6.0 * n_params / 8
+    assert set(plain.types.values()) - {"Q2_K"}
+    with pytest.raises(AllocationError, match="no candidate type is left"):
+        D.allocate_for_budget(src, table, budget, frozenset({"Q2_K", "Q4_K", "Q6_K", "Q8_0"}))

@@ -238,3 +238,23 @@ def test_python_stdlib_sample_is_fixed_and_named():
     assert text.count("# ---- ") == len(code_text.MODULES) and "# ---- textwrap\n" in text
     assert 60_000 < len(text) <= len(code_text.MODULES) * (code_text.SLICE_BYTES + 40)
     assert code_text.sample_name().startswith("python-stdlib (Python 3.")
+
+
+def test_mixes_with_and_without_the_source_types_and_their_sensitivity_mode(setup, tmp_path):
+    from dataclasses import asdict
+    cfg = config(setup, tmp_path / "l", types=("Q4_K_M",))
+    cfg.allocate_without_source, cfg.sensitivity_mode = [3.0, 4.5], "kind"
+    entries = {e.key: e for e in L.entries_to_run(cfg)}
+    assert {"alloc-4.5bpw/imatrix", "alloc-3bpw-nosource/imatrix", "alloc-4.5bpw-nosource/imatrix"} <= set(entries)
+    mix = entries["alloc-3bpw-nosource/imatrix"]
+    assert mix.sensitivity == "kind" and L.alloc_budget(mix.type) == 3.0
+    done = dict(asdict(mix), status="ok")
+    assert not L.needs_run(done, mix)
+    cfg.sensitivity_mode = "tensor"                   # another mode: the mix is measured again
+    again = {e.key: e for e in L.entries_to_run(cfg)}["alloc-3bpw-nosource/imatrix"]
+    assert L.needs_run(done, again)
+    older = {k: v for k, v in done.items() if k != "sensitivity"}   # before there were modes
+    assert not L.needs_run(older, again) and L.needs_run(older, mix)
+    preset = entries["Q4_K_M/imatrix"]
+    assert not L.needs_run(dict(asdict(preset), status="ok"), preset)
+    assert L.needs_run(dict(asdict(preset), status="failed: no"), preset) and L.needs_run(None, preset)

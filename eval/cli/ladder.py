@@ -28,7 +28,12 @@ def add_parser(sub) -> None:
     s.add_argument("--delete-files", action="store_true", help="delete each quantized file once measured")
     s.add_argument("--allocate", metavar="B1,B2,...",
                    help="also lowbit's own per-tensor mixes at these bits per weight (needs --calib)")
+    s.add_argument("--allocate-without-source-types", metavar="B1,B2,...",
+                   help="mixes at these bits per weight that do not take the source's own quantized types "
+                        "(which can reproduce a tensor exactly): what an unquantized source would gain")
     s.add_argument("--sensitivity-tokens", type=int, default=512)
+    s.add_argument("--sensitivity", choices=["tensor", "kind"], default="tensor",
+                   help="the mixes' gains: measured per tensor, or per tensor kind at 4 depths (for large models)")
     s.add_argument("--llama-quantize", metavar="PATH",
                    help="llama.cpp's llama-quantize binary: each preset also made by it (same source, importance "
                         "matrix and threads) and measured by lowbit, as entries of their own")
@@ -67,7 +72,8 @@ def run(args) -> int:
         chunks=args.chunks, calib_chunks=args.calib_chunks, threads=args.threads,
         bench_prompt=args.bench_prompt, bench_gen=args.bench_gen, bench_reps=args.bench_reps,
         keep_files=not args.delete_files, allocate=floats(args.allocate, "--allocate"),
-        sensitivity_tokens=args.sensitivity_tokens,
+        allocate_without_source=floats(args.allocate_without_source_types, "--allocate-without-source-types"),
+        sensitivity_tokens=args.sensitivity_tokens, sensitivity_mode=args.sensitivity,
         llama_quantize=Path(args.llama_quantize) if args.llama_quantize else None,
         extra_text=args.extra_text, extra_chunks=args.extra_chunks)
     set_threads(args.threads)

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     s.add_argument("--calib", metavar="TEXT", help="calibration text for the sensitivity measurement")
     s.add_argument("--sensitivity-tokens", type=int, default=512,
                    help="calibration tokens each sensitivity measurement runs (default 512)")
+    s.add_argument("--sensitivity", choices=["tensor", "kind"], default="tensor",
+                   help="tensor: measure every tensor's gain (one model run per tensor); kind: measure "
+                        "each tensor kind at 4 depths and interpolate the layers between (for large models)")
     s.add_argument("--cluster", metavar="ADDRESS",
                    help="measure the sensitivity on a running Dask cluster (tcp://HOST:8786; "
                         "pip install 'lowbit[cluster]'), one task per tensor")
@@ -78,12 +81,13 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     calib = read_text(args.calib)
     with connected(args.cluster) as cluster:
         table, alloc = plan_for_budget(src, im, args.imatrix, calib, args.sensitivity_tokens,
-                                       recipe_path, args.target_bpw, args.target_size, candidates, step, cluster)
+                                       recipe_path, args.target_bpw, args.target_size, candidates, step, cluster,
+                                       mode=args.sensitivity)
     bar.close()
     rc = table.rank_correlation
     print(f"sensitivity: {len(table.tensors)} tensors, {table.sample_tokens} tokens, {table.seconds:.0f} s; "
           f"held-out Spearman: error alone {rc.get('error_alone', float('nan')):.3f}, x kind gain "
-          f"{rc.get('error_times_kind_gain', float('nan')):.3f}, x tensor gain "
+          f"{rc.get('error_times_kind_gain', float('nan')):.3f}, x the {table.mode} gains used "
           f"{rc.get('error_times_tensor_gain', float('nan')):.3f} ({rc.get('pairs', 0)} pairs)")
     print(f"wrote the recipe {recipe_path}: predicted KLD {alloc.predicted_kld:.4g}")
     return alloc.types, budget_label(args.target_bpw, args.target_size)
