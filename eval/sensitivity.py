@@ -16,10 +16,10 @@ E scaled by a gain per tensor kind, and for the gains that the allocator uses.
 
 Two modes. "tensor" measures every tensor's gain: one model run per tensor, so its cost grows
 with layers x model size. "kind" measures the gain of each tensor kind (attn_q, ffn_down, ...) at
-a few depths (PROBED_DEPTHS layers, first and last included) and gives the other layers the gain
-interpolated between the probed ones (log-linear in the layer index), and estimates E on fewer
-rows: a fixed number of model runs whatever the depth. Its held-out pairs include unprobed
-tensors at the reference type, so its rank correlation checks the interpolation too.
+a few depths (PROBED_DEPTHS layers, first and last included), gives the other layers the median
+of their kind's measured gains, and estimates E on fewer rows: a fixed number of model runs
+whatever the depth. Its held-out pairs include unprobed tensors at the reference type, so its
+rank correlation checks the estimate too.
 
 Tables are cached by the content of what they depend on (model, importance matrix, sample), so
 a --dry-run followed by the real run measures once.
@@ -74,7 +74,7 @@ class TensorCosts:
     measured: dict = field(default_factory=dict)   # type -> KLD with t alone quantized
     reference: str = ""
     probed: bool = True          # its gain measured ("kind" mode: only at a few depths)
-    estimated_gain: float = 0.0  # unprobed: the gain interpolated from its kind's probed layers
+    estimated_gain: float = 0.0  # unprobed: the median gain of its kind's probed layers
     error_seconds: float = 0.0   # time spent estimating E for every candidate
     probe_seconds: float = 0.0   # time spent measuring the KLD at the reference
 
@@ -111,8 +111,12 @@ class SensitivityTable:
 
     @classmethod
     def from_json(cls, d: dict) -> "SensitivityTable":
-        return cls(d["model"], [TensorCosts(**t) for t in d["tensors"]], d["sample_tokens"],
-                   d["seconds"], d["rank_correlation"], d.get("mode", "tensor"))
+        tensors = [TensorCosts(**t) for t in d["tensors"]]
+        estimate_gains(tensors)      # by today's rule, from what was measured
+        table = cls(d["model"], tensors, d["sample_tokens"], d["seconds"], d["rank_correlation"],
+                    d.get("mode", "tensor"))
+        table.rank_correlation = rank_correlations(tensors) or table.rank_correlation
+        return table
 
 
 def tensor_kind(name: str) -> tuple[str, int]:
@@ -275,19 +279,17 @@ def measure_pair(src: GGUFFile, probe: SensitivityProbe, task: TensorTask, qtype
     return probe.kld_with(task.name, _encoded(src, task, q), q)
 
 
-def interpolate_gains(tensors: list[TensorCosts]) -> None:
-    """Each unprobed tensor's estimated gain: log-linear in the layer index between the probed
-    layers of its kind on either side (the nearest one beyond the ends)."""
+def estimate_gains(tensors: list[TensorCosts]) -> None:
+    """Each unprobed tensor's estimated gain: the median of the gains measured for its kind.
+    (Interpolating between the probed depths ranked worse: the first layer's gain is often
+    orders of magnitude above the rest, and an interpolation carries it into its neighbours.)"""
     for kind in {tc.kind for tc in tensors if not tc.probed}:
-        probed = sorted((tc.layer, tc.own_gain) for tc in tensors if tc.kind == kind and tc.probed)
-        if not probed:
+        gains = [tc.own_gain for tc in tensors if tc.kind == kind and tc.probed]
+        if not gains:
             raise ValueError(f"no probed {kind} tensor to estimate the others' gain from")
-        layers = np.array([p[0] for p in probed], dtype=float)
-        # a gain of 0 (the KLD measured as 0) would have no logarithm: floor it far below the rest
-        logs = np.log(np.maximum([p[1] for p in probed], 1e-30))
         for tc in tensors:
             if tc.kind == kind and not tc.probed:
-                tc.estimated_gain = float(np.exp(np.interp(tc.layer, layers, logs)))
+                tc.estimated_gain = float(np.median(gains))
 
 
 def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held_out: list[float],
@@ -295,7 +297,7 @@ def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held
     """The table from the measurements' results (in the plan's order)."""
     for (k, q), kld in zip(plan.held_out, held_out):
         tensors[k].measured[q] = kld
-    interpolate_gains(tensors)
+    estimate_gains(tensors)
     table = SensitivityTable(str(src.path), tensors, n_tokens, seconds, mode=mode)
     table.rank_correlation = rank_correlations(tensors)
     return table

@@ -179,28 +179,32 @@ def test_kind_mode_probes_a_few_depths_first_and_last(tmp_path):
     assert probed.pop("token_embd") == {-1}
     assert set(probed) == {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
     assert all(layers == {0, 2, 3, 5} for layers in probed.values()), probed
-    # unprobed tensors may be held out at the reference type too: that checks the interpolation
+    # unprobed tensors may be held out at the reference type too: that checks their estimate
     unprobed = {k for k, t in enumerate(plan.tensors) if not t.probe}
     all_pairs = {(k, q) for k, t in enumerate(plan.tensors) for q in t.types if k in unprobed or q != t.reference}
     assert set(plan.held_out) <= all_pairs
     assert S.probed_layers([7]) == {7} and S.probed_layers(list(range(28))) == {0, 9, 18, 27}
 
 
-def test_unprobed_gains_are_interpolated_log_linearly():
-    from lowbit.eval.sensitivity import TensorCosts, interpolate_gains
+def test_unprobed_gains_are_their_kinds_median():
+    from lowbit.eval.sensitivity import SensitivityTable, TensorCosts, estimate_gains
 
-    def tc(layer, kld=None):
-        t = TensorCosts(f"blk.{layer}.ffn_down.weight", "ffn_down", layer, 1, 1, error={"Q3_K": 2.0},
+    def tc(layer, kld=None, kind="ffn_down"):
+        t = TensorCosts(f"blk.{layer}.{kind}.weight", kind, layer, 1, 1, error={"Q3_K": 2.0},
                         reference="Q3_K", probed=kld is not None)
         if kld is not None:
             t.measured["Q3_K"] = kld
         return t
 
-    ts = [tc(0, 2.0), tc(1), tc(2), tc(4, 32.0), tc(6)]
-    interpolate_gains(ts)
-    assert [t.gain for t in ts] == pytest.approx([1.0, 2.0, 4.0, 16.0, 16.0])
+    ts = [tc(0, 200.0), tc(1), tc(2, 2.0), tc(4, 4.0), tc(6, 6.0), tc(7), tc(0, 8.0, "attn_q"), tc(1, None, "attn_q")]
+    estimate_gains(ts)
+    assert [t.gain for t in ts] == pytest.approx([100.0, 2.5, 1.0, 2.0, 3.0, 2.5, 4.0, 4.0])
     ts[1].measured["Q3_K"] = 100.0          # a held-out measurement does not become its gain
-    assert ts[1].gain == pytest.approx(2.0) and ts[1].held_out("Q3_K") and not ts[0].held_out("Q3_K")
+    assert ts[1].gain == pytest.approx(2.5) and ts[1].held_out("Q3_K") and not ts[0].held_out("Q3_K")
+    # a stored table's estimates follow today's rule, whatever it stored
+    ts[1].estimated_gain = 99.0
+    again = SensitivityTable.from_json(SensitivityTable("m", ts, 8).to_json())
+    assert again.tensors[1].gain == pytest.approx(2.5)
 
 
 def test_kind_mode_table_and_a_mix_without_the_source_types(tmp_path):
@@ -217,7 +221,8 @@ def test_kind_mode_table_and_a_mix_without_the_source_types(tmp_path):
     assert table.mode == "kind" and table.rank_correlation["pairs"] >= 3
     unprobed = [t for t in table.tensors if not t.probed]
     assert {t.layer for t in unprobed} == {2} and len(unprobed) == 7     # layers 0, 1, 3, 4 probed
-    assert all(t.estimated_gain > 0 for t in unprobed)
+    for t in unprobed:
+        assert t.gain == np.median([p.own_gain for p in table.tensors if p.kind == t.kind and p.probed])
     assert all(t.reference in t.measured for t in table.tensors if t.probed)
     again = S.SensitivityTable.from_json(table.to_json())
     assert again.mode == "kind" and [t.gain for t in again.tensors] == [t.gain for t in table.tensors]

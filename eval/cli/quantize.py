@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                    help="calibration tokens each sensitivity measurement runs (default 512)")
     s.add_argument("--sensitivity", choices=["tensor", "kind"], default="tensor",
                    help="tensor: measure every tensor's gain (one model run per tensor); kind: measure "
-                        "each tensor kind at 4 depths and interpolate the layers between (for large models)")
+                        "each tensor kind at 4 depths and give the other layers their kind's median (for large models)")
     s.add_argument("--cluster", metavar="ADDRESS",
                    help="measure the sensitivity on a running Dask cluster (tcp://HOST:8786; "
                         "pip install 'lowbit[cluster]'), one task per tensor")
