@@ -15,6 +15,7 @@ import numpy as np
 from lowbit.quant.allocate import AllocationError, Candidate, allocate, write_recipe
 from lowbit.quant.gguffile import GGUFFile
 from lowbit.quant.imatrix import ImportanceMatrix
+from lowbit.quant.quantize_model import needs_importance
 from lowbit.quant.recipes import is_quantizable
 
 from .report import MiB
@@ -62,12 +63,19 @@ def source_types(src: GGUFFile) -> set[str]:
 
 
 def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int,
-                        exclude: frozenset[str] = frozenset()) -> Allocation:
-    cands = {tc.name: [Candidate(q, tc.bytes[q], tc.predicted(q)) for q in tc.error if q not in exclude]
+                        exclude: frozenset[str] = frozenset(), im: ImportanceMatrix | None = None) -> Allocation:
+    """The plan under the budget, among the table's candidates but those in `exclude` and, for a
+    tensor the importance matrix `im` has no entry for (the token embedding), those llama.cpp
+    will not make without one."""
+    def allowed(name: str, q: str) -> bool:
+        return q not in exclude and not (needs_importance(name, q) and (im is None or im.importance(name) is None))
+
+    cands = {tc.name: [Candidate(q, tc.bytes[q], tc.predicted(q)) for q in tc.error if allowed(tc.name, q)]
              for tc in table.tensors}
     if not all(cands.values()):
         bare = next(n for n, c in cands.items() if not c)
-        raise AllocationError(f"no candidate type is left for {bare} without {', '.join(sorted(exclude))}")
+        raise AllocationError(f"no candidate type is left for {bare} without {', '.join(sorted(exclude)) or 'the types'}"
+                              f"{' or the types' if exclude else ''} that need an importance matrix entry for it")
     fixed, n_params = fixed_bytes(src)
     try:
         chosen = allocate(cands, budget)
@@ -126,7 +134,7 @@ def plan_for_budget(src: GGUFFile, im: ImportanceMatrix, im_path: str, calib_tex
     sample = np.asarray(tokens[:n_tokens], dtype=np.int64)
     table = load_or_build(src, lambda: Model(src), im, im_path, sample, progress=progress,
                           candidates=candidates, cluster=cluster, mode=mode)
-    alloc = allocate_for_budget(src, table, budget, exclude)
+    alloc = allocate_for_budget(src, table, budget, exclude, im)
     what = budget_label(target_bpw, target_size)
     if exclude:
         what += f", without {', '.join(sorted(exclude))}"

@@ -100,14 +100,19 @@ def check_plan(src: GGUFFile, choices: list[Choice], opts: PlanOptions, im: Impo
     if preset in PRESETS_NEEDING_IMATRIX and im is None:
         raise ImatrixNeededError(f"{preset} needs an importance matrix, as in llama.cpp")
     for c in changed:
-        needs = ((c.qtype.name in NEEDS_IMATRIX and not (c.qtype.name == "IQ1_M" and _is_embd_or_output(c.name)))
-                 or (preset == "Q2_K_S" and c.qtype.name == "Q2_K" and c.name != "token_embd.weight"))
-        if needs and (im is None or im.importance(c.name) is None):
+        if needs_importance(c.name, c.qtype.name, preset) and (im is None or im.importance(c.name) is None):
             raise ImatrixNeededError(f"{c.qtype.name} (for {c.name}) needs an importance matrix, as in "
                                      f"llama.cpp")
     for c in changed:
         if c.qtype.encode_row is None and c.qtype.name != "F32":
             raise QuantizeError(f"lowbit cannot encode {c.qtype.name} yet (needed for {c.name})")
+
+
+def needs_importance(name: str, qtype_name: str, preset: str | None = None) -> bool:
+    """Whether llama.cpp refuses to make this tensor in this type (under this preset) without an
+    importance matrix entry for it."""
+    return ((qtype_name in NEEDS_IMATRIX and not (qtype_name == "IQ1_M" and _is_embd_or_output(name)))
+            or (preset == "Q2_K_S" and qtype_name == "Q2_K" and name != "token_embd.weight"))
 
 
 def _is_embd_or_output(name: str) -> bool:

@@ -216,8 +216,8 @@ def test_kind_mode_table_and_a_mix_without_the_source_types(tmp_path):
                        type_overrides={f"blk.{i}.ffn_down.weight": "Q6_K" for i in range(5)})
     src = open_gguf(path)
     assert D.source_types(src) == {"Q4_K", "Q6_K", "Q8_0"}
-    table = S.build_table(src, Model(src), _Uniform(), np.arange(2, 40), candidates=["Q2_K", "Q4_K", "Q6_K", "Q8_0"],
-                          mode="kind")
+    table = S.build_table(src, Model(src), _Uniform(), np.arange(2, 40),
+                          candidates=["IQ2_XXS", "Q2_K", "Q4_K", "Q6_K", "Q8_0"], mode="kind")
     assert table.mode == "kind" and table.rank_correlation["pairs"] >= 3
     unprobed = [t for t in table.tensors if not t.probed]
     assert {t.layer for t in unprobed} == {2} and len(unprobed) == 7     # layers 0, 1, 3, 4 probed
@@ -234,3 +234,12 @@ def test_kind_mode_table_and_a_mix_without_the_source_types(tmp_path):
     assert set(plain.types.values()) - {"Q2_K"}
     with pytest.raises(AllocationError, match="no candidate type is left"):
         D.allocate_for_budget(src, table, budget, frozenset({"Q2_K", "Q4_K", "Q6_K", "Q8_0"}))
+    # IQ2_XXS only where the importance matrix has an entry (as llama.cpp makes it): not for the
+    # token embedding, which no matrix multiplies
+    class BlocksOnly:
+        def importance(self, name):
+            return None if name == "token_embd.weight" else np.ones(src.tensors[name].n_cols, np.float32)
+    tight = D.budget_from(src, 3.0, None)
+    assert "IQ2_XXS" not in set(D.allocate_for_budget(src, table, tight).types.values())
+    small = D.allocate_for_budget(src, table, tight, im=BlocksOnly())
+    assert "IQ2_XXS" in set(small.types.values()) and small.types["token_embd.weight"] != "IQ2_XXS"
