@@ -74,8 +74,9 @@ def allocate_for_budget(src: GGUFFile, table: SensitivityTable, budget: int,
              for tc in table.tensors}
     if not all(cands.values()):
         bare = next(n for n, c in cands.items() if not c)
-        raise AllocationError(f"no candidate type is left for {bare} without {', '.join(sorted(exclude)) or 'the types'}"
-                              f"{' or the types' if exclude else ''} that need an importance matrix entry for it")
+        left_out = f"{', '.join(sorted(exclude))} and " if exclude else ""
+        raise AllocationError(f"no candidate type is left for {bare} without {left_out}the types that "
+                              "need an importance matrix entry for it")
     fixed, n_params = fixed_bytes(src)
     try:
         chosen = allocate(cands, budget)
