@@ -46,9 +46,6 @@ def rows_for(ladder_dir: Path) -> tuple[str, list[str], set[str] | None]:
     own = source_types(ladder_dir, data)
     mixes = sorted((e for e in ok if is_allocated(e)), key=lambda e: (without_source(e["type"]), e["bpw"]))
     presets = [e for e in ok if not is_allocated(e) and resolve_target(e["type"])[0].default not in (own or ())]
-    smallest = min(presets, key=lambda p: p["file_bytes"])
-    smallest_text = (f"no preset is this small (the smallest, {label(smallest)}: "
-                     f"{smallest['file_bytes'] / MiB:.2f} MiB, KLD {smallest['kld']['mean']:.4f})")
     out = []
     for m in mixes:
         budget = alloc_budget(m["type"])
@@ -57,11 +54,19 @@ def rows_for(ladder_dir: Path) -> tuple[str, list[str], set[str] | None]:
         peer_text = ", ".join(f"{label(p)} {p['kld']['mean']:.4f}"
                               for p in sorted(peers, key=lambda p: p["file_bytes"])) or "none"
         gain = f"{100 * (1 - m['kld']['mean'] / best['kld']['mean']):.0f} %" if best else ""
+        nearest = " / ".join(
+            f"{what} {label(p)}: {p['file_bytes'] / MiB:.2f} MiB, KLD {p['kld']['mean']:.4f}"
+            for what, p in (("next larger", min((p for p in presets if p["file_bytes"] >= m["file_bytes"]),
+                                                  key=lambda p: p["file_bytes"], default=None)),
+                            ("next smaller", max((p for p in presets if p["file_bytes"] < m["file_bytes"]),
+                                                   key=lambda p: p["file_bytes"], default=None)))
+            if p is not None)
+        none_text = f"no preset of this size ({nearest})"
         variant = "without the source's types" if without_source(m["type"]) else "all types"
         out.append(f"| {budget:g} | {variant} | {m['bpw']:.3f} | {m['file_bytes'] / MiB:.2f} | {m['kld']['mean']:.4f} "
                    f"+/- {m['kld']['stderr']:.4f} | {m['ppl']:.4f} | "
                    + (f"{label(best)}: {best['file_bytes'] / MiB:.2f} MiB, "
-                      f"KLD {best['kld']['mean']:.4f}, PPL {best['ppl']:.4f}" if best else smallest_text)
+                      f"KLD {best['kld']['mean']:.4f}, PPL {best['ppl']:.4f}" if best else none_text)
                    + f" | {gain} | {peer_text} |")
     model = Path(data["settings"]["model"]).name
     return model, out, own
