@@ -287,9 +287,10 @@ def estimate_gains(tensors: list[TensorCosts]) -> None:
         gains = [tc.own_gain for tc in tensors if tc.kind == kind and tc.probed]
         if not gains:
             raise ValueError(f"no probed {kind} tensor to estimate the others' gain from")
+        median = float(np.median(gains))
         for tc in tensors:
             if tc.kind == kind and not tc.probed:
-                tc.estimated_gain = float(np.median(gains))
+                tc.estimated_gain = median
 
 
 def assemble(src: GGUFFile, plan: Measurements, tensors: list[TensorCosts], held_out: list[float],
