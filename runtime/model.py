@@ -261,6 +261,39 @@ class Model:
         with threads_for_forward():
             return self._forward(tokens, cache, logits_from, self.layers)
 
+    def _block(self, il: int, L: Layer, x: np.ndarray, h: np.ndarray, kt: np.ndarray, v: np.ndarray, pos0: int,
+               rope: tuple[np.ndarray, np.ndarray], next_norm: np.ndarray | None) -> np.ndarray | None:
+        """Layer il on the residual stream x (updated in place), h = x normed for it; writes the
+        layer's keys and values at pos0.. of kt/v. Returns x normed by next_norm (None: not)."""
+        cfg = self.cfg
+        eps = cfg.rms_eps
+        cos, sin = rope
+        # attention: q/k/v in one product; norms, RoPE and the cache write in one call
+        qkv = L.qkv(h)
+        q = qk_rope_store(qkv, cfg.n_head, cfg.n_head_kv, cfg.head_dim, L.q_norm, L.k_norm, eps, cos, sin,
+                          cfg.arch.rope_neox, kt, v, pos0)
+        window = cfg.sliding_window if cfg.is_sliding(il) else 0
+        a = attention(q, kt, v, pos0, cfg.attn_scale, window)
+        h = residual_norm(x, L.wo(a), L.post_attn_norm, L.ffn_norm, eps)
+        # feed-forward: gate and up in one product
+        f = L.w_down(act_mul(L.gate_up(h), cfg.n_ff, cfg.arch.activation))
+        return residual_norm(x, f, L.post_ffn_norm, next_norm, eps)
+
+    def run_layer(self, il: int, x: np.ndarray) -> None:
+        """Layer il alone on x (T, n_embd), the residual stream of one sequence at positions
+        0..T-1, updated in place: for passes that go through the model a layer at a time over
+        stored activations (eval/gptq_pass.py). model.embed(tokens) is layer 0's input."""
+        cfg = self.cfg
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != cfg.n_embd or not x.flags.c_contiguous:
+            raise ValueError(f"run_layer: x must be a contiguous float32 (T, {cfg.n_embd}) array")
+        L = self.layers[il]
+        n_tokens = x.shape[0]
+        rope = rope_tables(np.arange(n_tokens), cfg.rope_dims, cfg.layer_rope_base(il), cfg.rope_freq_scale)
+        kt = np.zeros((cfg.n_head_kv, cfg.head_dim, cache_length(n_tokens)), dtype=np.float32)
+        v = np.zeros((cfg.n_head_kv, cache_length(n_tokens), cfg.head_dim), dtype=np.float32)
+        with threads_for_forward():
+            self._block(il, L, x, rms_norm(x, L.attn_norm, cfg.rms_eps), kt, v, 0, rope, None)
+
     def _forward(self, tokens, cache: KVCache, logits_from: int | None, layers: list[Layer]) -> np.ndarray:
         cfg = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -275,25 +308,15 @@ class Model:
         positions = np.arange(pos0, pos0 + n_tokens)
         ropes = {}
         x = self.embed(tokens)
-        hd = cfg.head_dim
         eps = cfg.rms_eps
         h = rms_norm(x, layers[0].attn_norm, eps)
         for il, L in enumerate(layers):
             base = cfg.layer_rope_base(il)
             if base not in ropes:
                 ropes[base] = rope_tables(positions, cfg.rope_dims, base, cfg.rope_freq_scale)
-            cos, sin = ropes[base]
-            # attention: q/k/v in one product; norms, RoPE and the cache write in one call
-            qkv = L.qkv(h)
-            q = qk_rope_store(qkv, cfg.n_head, cfg.n_head_kv, hd, L.q_norm, L.k_norm, eps, cos, sin,
-                              cfg.arch.rope_neox, cache.kt[il], cache.v[il], pos0)
-            window = cfg.sliding_window if cfg.is_sliding(il) else 0
-            a = attention(q, cache.kt[il], cache.v[il], pos0, cfg.attn_scale, window)
-            h = residual_norm(x, L.wo(a), L.post_attn_norm, L.ffn_norm, eps)
-            # feed-forward: gate and up in one product
-            f = L.w_down(act_mul(L.gate_up(h), cfg.n_ff, cfg.arch.activation))
             last = il + 1 == len(layers)
-            h = residual_norm(x, f, L.post_ffn_norm, None if last else layers[il + 1].attn_norm, eps)
+            h = self._block(il, L, x, h, cache.kt[il], cache.v[il], pos0, ropes[base],
+                            None if last else layers[il + 1].attn_norm)
         cache.n_past = pos0 + n_tokens
         start = n_tokens - 1 if logits_from is None else logits_from
         h = rms_norm(x[start:], self.output_norm, eps)
