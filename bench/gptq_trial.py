@@ -3,15 +3,20 @@ preset plainly; then both perplexities, so the method is judged by the model's o
 only by each matrix's output error.
 
     python bench/gptq_trial.py MODEL PRESET --imatrix F --calib wiki.valid.raw -f wiki.test.raw
-        --work DIR [--calib-chunks 5] [--held-out-chunks 2] [--damp 0.01] [--per-token]
-        [--chunks 20] [-t 2]
+        --work DIR [--calib-chunks 5] [--held-out-chunks 2] [--calib-skip 0.5] [--damp 0.01]
+        [--per-token] [--plain FILE] [--kl-divergence-base BASE] [--chunks 20] [-t 2]
 
-Writes DIR/plain.gguf and DIR/gptq.gguf (the GPTQ pass's per-matrix lines go to stdout), then
-prints both files' PPL over --chunks chunks of -f.
+Writes DIR/gptq.gguf and, unless --plain names the preset's plainly made file already, DIR/
+plain.gguf (the GPTQ pass's per-matrix lines go to stdout), then prints both files' PPL over
+--chunks chunks of -f, and their KLD against BASE (`lowbit perplexity --kl-divergence-base`
+of the source on the same text and -c) when given. --calib-skip: the share of the calibration
+text skipped first, so that the chunks the method fits are not the ones it is judged on when
+-f is the same text.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.eval.gptq_pass import gptq_pass
+from lowbit.eval.kld import compare_to_base
 from lowbit.eval.loading import load_model, read_text
 from lowbit.eval.machine import set_threads
 from lowbit.eval.model_store import resolve_model
@@ -42,6 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--held-out-chunks", type=int, default=2)
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--per-token", action="store_true", help="each token's input scaled to unit mean square")
+    p.add_argument("--calib-skip", type=float, default=0.0, help="share of the calibration text skipped")
+    p.add_argument("--plain", type=Path, help="the preset made plainly, if made already")
+    p.add_argument("--kl-divergence-base", type=Path)
     p.add_argument("-c", "--ctx-size", type=int, default=512)
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("-t", "--threads", type=int, default=2)
@@ -54,15 +63,21 @@ def main(argv=None) -> int:
     opts.has_imatrix = im is not None
     choices = make_plan(src, opts)
     check_plan(src, choices, opts, im, allow_requantize=True)
-    start = time.perf_counter()
-    quantize_model(src, args.work / "plain.gguf", PlanOptions(args.preset), im, True, imatrix_path=args.imatrix)
-    plain_s = time.perf_counter() - start
+    t0 = time.perf_counter()
+    plain_path, plain_s = args.plain, None
+    if plain_path is None:
+        plain_path = args.work / "plain.gguf"
+        quantize_model(src, plain_path, PlanOptions(args.preset), im, True, imatrix_path=args.imatrix)
+        plain_s = time.perf_counter() - t0
     model, tok = load_model(src.path)
+    calib = read_text(args.calib)
+    calib = calib[int(len(calib) * args.calib_skip):]
+    stage = lambda s: print(f"[{time.perf_counter() - t0:7.0f} s, peak {peak_mib():.0f} MiB] {s}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as d:
         start = time.perf_counter()
-        files, reports = gptq_pass(model, tok, src, {c.name: c.qtype for c in choices}, read_text(args.calib),
+        files, reports = gptq_pass(model, tok, src, {c.name: c.qtype for c in choices}, calib,
                                    args.ctx_size, args.calib_chunks, args.held_out_chunks, Path(d), im,
-                                   args.damp, args.per_token)
+                                   args.damp, args.per_token, stage)
         del model
         quantize_model(src, args.work / "gptq.gguf", PlanOptions(args.preset), im, True,
                        imatrix_path=args.imatrix, encoded=files)
@@ -72,12 +87,23 @@ def main(argv=None) -> int:
     kept = sum(r.kept == "gptq" for r in reports)
     print(f"feedback kept for {kept} of {len(reports)} matrices; kept encodings' held-out output error "
           f"{np.mean([min(r.ratio, 1.0) for r in reports]):.3f} of plain on average")
+    print(f"gptq file made in {gptq_s:.0f} s, peak RSS {peak_mib():.0f} MiB"
+          + (f"; plain in {plain_s:.0f} s" if plain_s is not None else ""))
     text = read_text(args.file)
-    for name, seconds in (("plain", plain_s), ("gptq", gptq_s)):
-        m, t = load_model(args.work / f"{name}.gguf")
-        res = perplexity(m, t, text, args.ctx_size, args.chunks)
-        print(f"{name}: PPL {res.ppl:.4f} +/- {res.ppl_error:.4f} over {res.n_chunks} chunks; made in {seconds:.0f} s")
+    for name, path in (("plain", plain_path), ("gptq", args.work / "gptq.gguf")):
+        m, t = load_model(path)
+        if args.kl_divergence_base:
+            res, kld = compare_to_base(m, t, text, args.kl_divergence_base, args.ctx_size, args.chunks)
+            print(f"{name}: PPL {res.ppl:.4f} +/- {res.ppl_error:.4f}, mean KLD {kld['mean']:.4f} +/- "
+                  f"{kld['stderr']:.4f}, same top {100 * kld['same_top']:.1f} % over {res.n_chunks} chunks")
+        else:
+            res = perplexity(m, t, text, args.ctx_size, args.chunks)
+            print(f"{name}: PPL {res.ppl:.4f} +/- {res.ppl_error:.4f} over {res.n_chunks} chunks")
     return 0
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
