@@ -1,10 +1,10 @@
-"""Quantize a model with Hessian error feedback (eval/gptq_pass.py) and, beside it, the same
-preset plainly; then both perplexities, so the method is judged by the model's output and not
+"""Quantize a model with Hessian error feedback and/or activation-aware scales (eval/layer_pass.py)
+and, beside it, the same preset plainly; then both perplexities, so the method is judged by the model's output and not
 only by each matrix's output error.
 
     python bench/gptq_trial.py MODEL PRESET --imatrix F --calib wiki.valid.raw -f wiki.test.raw
         --work DIR [--calib-chunks 5] [--held-out-chunks 2] [--calib-skip 0.5] [--damp 0.01]
-        [--per-token] [--plain FILE] [--kl-divergence-base BASE] [--chunks 20] [-t 2]
+        [--per-token] [--awq] [--no-gptq] [--plain FILE] [--kl-divergence-base BASE] [--chunks 20] [-t 2]
 
 Writes DIR/gptq.gguf and, unless --plain names the preset's plainly made file already, DIR/
 plain.gguf (the GPTQ pass's per-matrix lines go to stdout), then prints both files' PPL over
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowbit.eval.gptq_pass import gptq_pass
+from lowbit.eval.layer_pass import layer_pass
 from lowbit.eval.kld import compare_to_base
 from lowbit.eval.loading import load_model, read_text
 from lowbit.eval.machine import set_threads
@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     p.add_argument("--held-out-chunks", type=int, default=2)
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--per-token", action="store_true", help="each token's input scaled to unit mean square")
+    p.add_argument("--awq", action="store_true", help="activation-aware scales folded into norms and v/up rows")
+    p.add_argument("--no-gptq", action="store_true", help="no error feedback (with --awq: scales alone)")
     p.add_argument("--calib-skip", type=float, default=0.0, help="share of the calibration text skipped")
     p.add_argument("--plain", type=Path, help="the preset made plainly, if made already")
     p.add_argument("--kl-divergence-base", type=Path)
@@ -75,15 +77,19 @@ def main(argv=None) -> int:
     stage = lambda s: print(f"[{time.perf_counter() - t0:7.0f} s, peak {peak_mib():.0f} MiB] {s}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as d:
         start = time.perf_counter()
-        files, reports = gptq_pass(model, tok, src, {c.name: c.qtype for c in choices}, calib,
-                                   args.ctx_size, args.calib_chunks, args.held_out_chunks, Path(d), im,
-                                   args.damp, args.per_token, stage)
+        files, reports, scale_reports = layer_pass(
+            model, tok, src, {c.name: c.qtype for c in choices}, calib, args.ctx_size, args.calib_chunks,
+            args.held_out_chunks, Path(d), im, args.damp, args.per_token, stage, gptq=not args.no_gptq,
+            awq_scales=args.awq)
         del model
         quantize_model(src, args.work / "gptq.gguf", PlanOptions(args.preset), im, True,
                        imatrix_path=args.imatrix, encoded=files)
         gptq_s = time.perf_counter() - start
     for r in reports:
         print(f"{r.name:<28} {r.qtype:<8} held-out output error {r.ratio:.3f} of plain: kept {r.kept}")
+    for r in scale_reports:
+        print(f"layer {r.layer:>2} {r.matrices:<28} alpha {r.alpha:.1f}, sampled rows' held-out error "
+              f"{r.held_out_ratio:.3f} of plain {r.note}")
     kept = sum(r.kept == "gptq" for r in reports)
     print(f"feedback kept for {kept} of {len(reports)} matrices; kept encodings' held-out output error "
           f"{np.mean([min(r.ratio, 1.0) for r in reports]):.3f} of plain on average")

@@ -121,7 +121,7 @@ def _is_embd_or_output(name: str) -> bool:
 
 def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None = None):
     """The tensor's bytes, a chunk of rows at a time: copied, encoded here, or (`encoded`) read
-    from a .npy file of bytes an earlier pass made (eval/gptq_pass.py)."""
+    from a .npy file of bytes an earlier pass made (eval/layer_pass.py)."""
     t = src.tensors[choice.name]
 
     def from_file():

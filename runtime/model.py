@@ -282,7 +282,7 @@ class Model:
     def run_layer(self, il: int, x: np.ndarray) -> None:
         """Layer il alone on x (T, n_embd), the residual stream of one sequence at positions
         0..T-1, updated in place: for passes that go through the model a layer at a time over
-        stored activations (eval/gptq_pass.py). model.embed(tokens) is layer 0's input."""
+        stored activations (eval/layer_pass.py). model.embed(tokens) is layer 0's input."""
         cfg = self.cfg
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != cfg.n_embd or not x.flags.c_contiguous:
             raise ValueError(f"run_layer: x must be a contiguous float32 (T, {cfg.n_embd}) array")

@@ -69,7 +69,7 @@ def test_sequential_pass_writes_a_model_that_runs(tmp_path):
     bytes as given into a file that runs."""
     from synthetic import build_model
 
-    from lowbit.eval.gptq_pass import gptq_pass
+    from lowbit.eval.layer_pass import layer_pass
     from lowbit.eval.loading import load_model
     from lowbit.eval.perplexity import perplexity
     from lowbit.quant.gguffile import open_gguf
@@ -84,7 +84,7 @@ def test_sequential_pass_writes_a_model_that_runs(tmp_path):
     model, tok = load_model(src_path)
     work = tmp_path / "work"
     work.mkdir()
-    files, reports = gptq_pass(model, tok, src, {c.name: c.qtype for c in choices}, text, 32, 4, 2, work)
+    files, reports, _ = layer_pass(model, tok, src, {c.name: c.qtype for c in choices}, text, 32, 4, 2, work)
     layer_matrices = [c.name for c in choices if c.name.startswith("blk.") and len(src.tensors[c.name].shape) == 2]
     assert sorted(r.name for r in reports) == sorted(layer_matrices) == sorted(files)
     assert all(min(r.gptq_error, r.plain_error) == (r.gptq_error if r.kept == "gptq" else r.plain_error)
@@ -100,7 +100,7 @@ def test_sequential_pass_writes_a_model_that_runs(tmp_path):
 def test_short_calibration_text_is_refused(tmp_path):
     from synthetic import build_model
 
-    from lowbit.eval.gptq_pass import GPTQPassError, gptq_pass
+    from lowbit.eval.layer_pass import LayerPassError, layer_pass
     from lowbit.eval.loading import load_model
     from lowbit.quant.gguffile import open_gguf
     from lowbit.quant.quantize_model import make_plan
@@ -110,5 +110,5 @@ def test_short_calibration_text_is_refused(tmp_path):
     src = open_gguf(src_path)
     model, tok = load_model(src_path)
     types = {c.name: c.qtype for c in make_plan(src, PlanOptions("Q4_K_M"))}
-    with pytest.raises(GPTQPassError, match="needs 5 to fit and 2 held out"):
-        gptq_pass(model, tok, src, types, "the cat sat on the mat. " * 6, 32, 5, 2, tmp_path)
+    with pytest.raises(LayerPassError, match="needs 5 to fit and 2 held out"):
+        layer_pass(model, tok, src, types, "the cat sat on the mat. " * 6, 32, 5, 2, tmp_path)
