@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     model, tok = load_model(src.path)
     calib = read_text(args.calib)
     calib = calib[int(len(calib) * args.calib_skip):]
-    stage = lambda s: print(f"[{time.perf_counter() - t0:7.0f} s, peak {peak_mib():.0f} MiB] {s}", flush=True)
+    stage = lambda il, s: print(f"[{time.perf_counter() - t0:7.0f} s, peak {peak_mib():.0f} MiB] layer {il}: {s}",
+                                flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as d:
         start = time.perf_counter()
         files, reports, scale_reports = layer_pass(

@@ -150,7 +150,7 @@ def _scale_groups(model, il: int, weights: dict, todo: set[str], types, imps: di
         if not all(getattr(layer, a).name in todo for a in touched):
             reports.append(ScaleReport(il, label, 0.0, 1.0, "a matrix it touches keeps the source's type"))
             continue
-        stage(f"layer {il}: scales for {label}")
+        stage(il, f"scales for {label}")
         hf, hh = h_fit[g.input_index], h_held[g.input_index]
         mean_abs = hf.abs_sum / hf.n
 
@@ -192,10 +192,11 @@ def _vector_bytes(v: np.ndarray) -> np.ndarray:
 
 def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx: int, n_chunks: int,
                n_held_out: int, work_dir: Path, im: ImportanceMatrix | None = None, damp: float = DAMP,
-               per_token: bool = False, stage: Callable[[str], None] = lambda s: None, gptq: bool = True,
+               per_token: bool = False, stage: Callable[[int, str], None] = lambda il, s: None, gptq: bool = True,
                awq_scales: bool = False) -> tuple[dict[str, Path], list[MatrixReport], list[ScaleReport]]:
     """Encode every layer matrix whose planned type (types: name -> QuantType) differs from the
-    source's, with error feedback (gptq) and/or activation-aware scales (awq_scales); (name ->
+    source's, with error feedback (gptq) and/or activation-aware scales (awq_scales); stage(layer,
+    what) is told what runs. Returns (name ->
     .npy file of its bytes, the changed norms and biases included; one report per matrix; one
     per scale group)."""
     from lowbit.runtime.kernels import QuantMatrix
@@ -220,7 +221,7 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
         todo = {lin.name for group in groups for lin in group
                 if lin.name in types and types[lin.name].name != src.tensors[lin.name].qtype.name}
         if todo:
-            stage(f"layer {il}: Hessians")
+            stage(il, "Hessians")
             h_fit, h_held = _hessians(model, il, streams, n_chunks, per_token)
             weights = _float_layer(src, layer)
             imps = {}
@@ -236,7 +237,7 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
                 lin = getattr(layer, a)
                 if lin.name not in todo:
                     continue
-                stage(f"layer {il}: {lin.name}")
+                stage(il, lin.name)
                 hf, imp = awq.scaled_statistics(col[a], h_fit[i].h, imps[a])
                 hh, _ = awq.scaled_statistics(col[a], h_held[i].h, None)
                 report, kept = _encode_matrix(lin.name, weights[a], types[lin.name], hf, h_fit[i].n, hh, imp,

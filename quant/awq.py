@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import dequantize
+from .gptq import quadratic_error
 from .score_gain import quantize_tensor_rows
 from .types import QuantType
 
@@ -122,6 +123,6 @@ def search_alpha(mats: list[tuple[str, np.ndarray, QuantType, np.ndarray | None]
             pick = np.linspace(0, w.shape[0] - 1, min(n_rows, w.shape[0])).astype(int)
             ws, hs, imps = scaled_problem(w[pick], s, h, imp)
             e = ws - dequantize(quantize_tensor_rows(name, ws, qtype, imps), qtype, ws.shape)
-            total += float(np.einsum("ij,jk,ik->", e.astype(np.float64), hs, e))
+            total += quadratic_error(e, hs)
         errors[alpha] = total
     return min(errors, key=errors.get), errors

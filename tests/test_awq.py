@@ -114,3 +114,28 @@ def test_layer_pass_with_scales_writes_a_model_that_runs(tmp_path):
         assert np.array_equal(np.asarray(out.raw(name)).view(np.float32).reshape(-1), saved)
     m, t = load_model(summary.paths[0])
     assert np.isfinite(perplexity(m, t, text, 32, 2).ppl)
+
+
+def test_quantize_command_runs_both_methods(tmp_path):
+    """`lowbit quantize ... --gptq --awq --calib TEXT`: a file that loads, a line per scale group
+    and per matrix, and nothing left of the pass's work files."""
+    from conftest import assert_one_sentence, lowbit
+
+    from lowbit.eval.loading import load_model
+
+    src = build_model(tmp_path / "m.gguf", "qwen2", "F16", embd_type="F16")
+    text = tmp_path / "calib.txt"
+    text.write_text("the cat sat on the mat and then the dog ate the cat. a bird sang on the tree. " * 200)
+    out = tmp_path / "out" / "q.gguf"
+    out.parent.mkdir()
+    done = lowbit("quantize", src, out, "Q4_K_M", "--gptq", "--awq", "--calib", text, "--calib-chunks", "2",
+                  "--held-out-chunks", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("attn_q,attn_k,attn_v") == 2 and "blk.1.ffn_down.weight: Q" in done.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["q.gguf"]
+    model, tok = load_model(out)
+    assert np.isfinite(model.forward(tok.encode("the cat"), model.new_cache(8))).all()
+    assert_one_sentence(lowbit("quantize", src, tmp_path / "x.gguf", "Q4_K_M", "--gptq"), "need --calib")
+    assert_one_sentence(lowbit("quantize", src, tmp_path / "x.gguf", "Q4_K_M", "--awq", "--calib", text,
+                               "--calib-chunks", "50"), "needs 50 to fit and 4 held out")
+    assert not (tmp_path / "x.gguf").exists()

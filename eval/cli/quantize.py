@@ -1,6 +1,7 @@
 """`lowbit quantize`: to a type or a llama.cpp preset, to a size budget, or by a recipe."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ..loading import check_output_dir, read_text
@@ -22,7 +23,19 @@ def add_parser(sub) -> None:
                    help="choose a type per tensor for B bits per weight over the whole file, from each "
                         "tensor's measured sensitivity (needs --imatrix and --calib)")
     s.add_argument("--target-size", type=int, metavar="BYTES", help="the same for a file size in bytes")
-    s.add_argument("--calib", metavar="TEXT", help="calibration text for the sensitivity measurement")
+    s.add_argument("--calib", metavar="TEXT",
+                   help="calibration text for the sensitivity measurement, --gptq and --awq")
+    s.add_argument("--gptq", action="store_true",
+                   help="Hessian error feedback: each layer's matrices encoded a block width of columns at a "
+                        "time, the rounding error pushed onto the columns not yet encoded (needs --calib)")
+    s.add_argument("--awq", action="store_true",
+                   help="activation-aware scales, folded into the norms and the v/up rows before each matrix "
+                        "(needs --calib); either method is kept per matrix only where it lowers the output "
+                        "error on held-out calibration chunks")
+    s.add_argument("--calib-chunks", type=int, default=16, metavar="N",
+                   help="--gptq/--awq: calibration chunks of 512 tokens to fit (default 16)")
+    s.add_argument("--held-out-chunks", type=int, default=4, metavar="N",
+                   help="--gptq/--awq: the chunks after them, to judge each matrix on (default 4)")
     s.add_argument("--sensitivity-tokens", type=int, default=512,
                    help="calibration tokens each sensitivity measurement runs (default 512)")
     s.add_argument("--sensitivity", choices=["tensor", "kind"], default="tensor",
@@ -93,6 +106,40 @@ def recipe_for_budget(args, src, im) -> tuple[dict[str, str], str]:
     return alloc.types, budget_label(args.target_bpw, args.target_size)
 
 
+def calibrated_pass(args, src, opts, im, work: Path) -> dict[str, Path]:
+    """Run the layer pass (--gptq/--awq) into work; the encoded tensors, and one line per scale
+    group and per matrix saying what was kept."""
+    from lowbit.quant.quantize_model import check_plan, make_plan
+
+    from ..layer_pass import layer_pass
+    from ..loading import load_model
+
+    opts.has_imatrix = im is not None
+    choices = make_plan(src, opts)
+    check_plan(src, choices, opts, im, args.allow_requantize)    # refuse before the long part
+    model, tok = load_model(src.path)
+    methods = " and ".join(m for m, on in (("error feedback", args.gptq), ("activation-aware scales", args.awq)) if on)
+    bar = Progress(f"{methods}, layer by layer", total=model.cfg.n_layer, unit="layers")
+    done = set()
+
+    def stage(layer, what):
+        if layer not in done:
+            done.add(layer)
+            bar.update(1)
+
+    files, reports, scale_reports = layer_pass(
+        model, tok, src, {c.name: c.qtype for c in choices}, read_text(args.calib), 512, args.calib_chunks,
+        args.held_out_chunks, work, im, stage=stage, gptq=args.gptq, awq_scales=args.awq)
+    bar.close()
+    for r in scale_reports:
+        print(f"blk.{r.layer}: {r.matrices}: " + (f"scaled, alpha {r.alpha:.1f}, held-out error {r.held_out_ratio:.3f} "
+                                                    f"of unscaled" if r.alpha else f"not scaled{' (' + r.note + ')' if r.note else ''}"))
+    for r in reports if args.gptq else []:
+        print(f"{r.name}: {r.qtype}, " + (f"error feedback kept, held-out error {r.ratio:.3f} of without"
+                                           if r.kept == "gptq" else "encoded without error feedback"))
+    return files
+
+
 def overrides_from(specs: list[str] | None) -> list[tuple[str, str]]:
     """--tensor-type REGEX=TYPE, in the order given."""
     overrides = []
@@ -155,11 +202,18 @@ def run(args) -> int:
         recipe, label = ((read_recipe(args.recipe), f"recipe {Path(args.recipe).name}") if args.recipe
                          else recipe_for_budget(args, src, im))
         opts = PlanOptions(None, recipe=recipe)
+    if (args.gptq or args.awq) and not args.calib:
+        raise UsageError("--gptq and --awq need --calib TEXT: the calibration activations come from it")
     total = sum(t.n_elements for t in src.tensors.values())
-    bar = Progress(f"quantize {label}", total=total, unit="weights", disable=args.dry_run)
-    summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
-                             args.imatrix, progress=bar.update, split=split)
-    bar.close()
+    with tempfile.TemporaryDirectory(dir=None if args.dry_run else Path(args.output).resolve().parent,
+                                     prefix=".lowbit-pass-") as work:
+        encoded = None
+        if (args.gptq or args.awq) and not args.dry_run:
+            encoded = calibrated_pass(args, src, opts, im, Path(work))
+        bar = Progress(f"quantize {label}", total=total, unit="weights", disable=args.dry_run)
+        summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
+                                 args.imatrix, progress=bar.update, split=split, encoded=encoded)
+        bar.close()
     if args.dry_run:
         for c in summary.choices:
             t = src.tensors[c.name]
