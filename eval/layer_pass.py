@@ -196,9 +196,8 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
                awq_scales: bool = False) -> tuple[dict[str, Path], list[MatrixReport], list[ScaleReport]]:
     """Encode every layer matrix whose planned type (types: name -> QuantType) differs from the
     source's, with error feedback (gptq) and/or activation-aware scales (awq_scales); stage(layer,
-    what) is told what runs. Returns (name ->
-    .npy file of its bytes, the changed norms and biases included; one report per matrix; one
-    per scale group)."""
+    what) is told what runs. Returns (name -> .npy file of its bytes, the changed norms and biases
+    included; one report per matrix; one per scale group)."""
     from lowbit.runtime.kernels import QuantMatrix
 
     bos = tokenizer.bos_id if tokenizer.add_bos else None
@@ -246,10 +245,10 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
                 save(lin.name, kept)
                 t = src.tensors[lin.name]
                 model.swap_matrix(lin.name, QuantMatrix(kept, types[lin.name], t.n_rows, t.n_cols, lin.name))
-            for attr, key in (("attn_norm", "attn_norm"), ("ffn_norm", "ffn_norm")):
-                if not np.array_equal(weights[key], getattr(layer, attr)):
-                    setattr(layer, attr, weights[key])
-                    save(f"blk.{il}.{attr}.weight", _vector_bytes(weights[key]))
+            for norm in ("attn_norm", "ffn_norm"):         # folded scales: the file's norms change
+                if not np.array_equal(weights[norm], getattr(layer, norm)):
+                    setattr(layer, norm, weights[norm])
+                    save(f"blk.{il}.{norm}.weight", _vector_bytes(weights[norm]))
             if weights["wv_bias"] is not None and not np.array_equal(weights["wv_bias"], layer.wv.bias):
                 layer.wv.bias = weights["wv_bias"]
                 save(layer.wv.name.replace(".weight", ".bias"), _vector_bytes(weights["wv_bias"]))
