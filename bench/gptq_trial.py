@@ -4,7 +4,7 @@ only by each matrix's output error.
 
     python bench/gptq_trial.py MODEL PRESET --imatrix F --calib wiki.valid.raw -f wiki.test.raw
         --work DIR [--calib-chunks 5] [--held-out-chunks 2] [--calib-skip 0.5] [--damp 0.01]
-        [--per-token] [--awq] [--no-gptq] [--plain FILE] [--kl-divergence-base BASE] [--chunks 20] [-t 2]
+        [--tokens-as-they-are] [--awq] [--no-gptq] [--plain FILE] [--kl-divergence-base BASE] [--chunks 20] [-t 2]
 
 Writes DIR/gptq.gguf and, unless --plain names the preset's plainly made file already, DIR/
 plain.gguf (the GPTQ pass's per-matrix lines go to stdout), then prints both files' PPL over
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--calib-chunks", type=int, default=5)
     p.add_argument("--held-out-chunks", type=int, default=2)
     p.add_argument("--damp", type=float, default=0.01)
-    p.add_argument("--per-token", action="store_true", help="each token's input scaled to unit mean square")
+    p.add_argument("--tokens-as-they-are", action="store_true",
+                   help="H summed over the tokens' inputs as they are (default: each scaled to unit mean square)")
     p.add_argument("--awq", action="store_true", help="activation-aware scales folded into norms and v/up rows")
     p.add_argument("--no-gptq", action="store_true", help="no error feedback (with --awq: scales alone)")
     p.add_argument("--calib-skip", type=float, default=0.0, help="share of the calibration text skipped")
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         files, reports, scale_reports = layer_pass(
             model, tok, src, {c.name: c.qtype for c in choices}, calib, args.ctx_size, args.calib_chunks,
-            args.held_out_chunks, Path(d), im, args.damp, args.per_token, stage, gptq=not args.no_gptq,
+            args.held_out_chunks, Path(d), im, args.damp, not args.tokens_as_they_are, stage, gptq=not args.no_gptq,
             awq_scales=args.awq)
         del model
         quantize_model(src, args.work / "gptq.gguf", PlanOptions(args.preset), im, True,

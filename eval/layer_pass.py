@@ -15,9 +15,9 @@ is kept (so the method never makes a matrix worse on data it did not fit), saved
 directory, and swapped into the model. Activation-aware scales are searched first, one group
 of matrices at a time (quant/awq.SCALE_GROUPS), and kept only if they also lower the sampled
 rows' output error on the held-out inputs; a group takes part only if every matrix it scales
-is re-encoded anyway (a matrix copied from the source in its own type cannot change). Memory: one layer's Hessians, the streams and the
-model; time: two forward passes over the calibration chunks plus the encodings and the
-factorizations.
+is re-encoded anyway (a matrix copied from the source in its own type cannot change).
+Memory: one layer's Hessians, the streams and the model; time: two forward passes over the
+calibration chunks plus the encodings and the factorizations.
 
 The encoded matrices are handed to quantize_model as precomputed tensors; everything else
 (embedding, output, norms, tensors that keep the source's type) goes the plain way.
@@ -192,7 +192,7 @@ def _vector_bytes(v: np.ndarray) -> np.ndarray:
 
 def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx: int, n_chunks: int,
                n_held_out: int, work_dir: Path, im: ImportanceMatrix | None = None, damp: float = DAMP,
-               per_token: bool = False, stage: Callable[[int, str], None] = lambda il, s: None, gptq: bool = True,
+               per_token: bool = True, stage: Callable[[int, str], None] = lambda il, s: None, gptq: bool = True,
                awq_scales: bool = False) -> tuple[dict[str, Path], list[MatrixReport], list[ScaleReport]]:
     """Encode every layer matrix whose planned type (types: name -> QuantType) differs from the
     source's, with error feedback (gptq) and/or activation-aware scales (awq_scales); stage(layer,

@@ -132,8 +132,11 @@ def calibrated_pass(args, src, opts, im, work: Path) -> dict[str, Path]:
         args.held_out_chunks, work, im, stage=stage, gptq=args.gptq, awq_scales=args.awq)
     bar.close()
     for r in scale_reports:
-        print(f"blk.{r.layer}: {r.matrices}: " + (f"scaled, alpha {r.alpha:.1f}, held-out error {r.held_out_ratio:.3f} "
-                                                    f"of unscaled" if r.alpha else f"not scaled{' (' + r.note + ')' if r.note else ''}"))
+        if r.alpha:
+            what = f"scaled, alpha {r.alpha:.1f}, held-out error {r.held_out_ratio:.3f} of unscaled"
+        else:
+            what = "not scaled" + (f" ({r.note})" if r.note else "")
+        print(f"blk.{r.layer}: {r.matrices}: {what}")
     for r in reports if args.gptq else []:
         print(f"{r.name}: {r.qtype}, " + (f"error feedback kept, held-out error {r.ratio:.3f} of without"
                                            if r.kept == "gptq" else "encoded without error feedback"))
