@@ -36,6 +36,9 @@ from .loading import read_text, write_atomically
 from .report import LOWBIT, alloc_budget, alloc_name, without_source
 
 RESULTS = "results.json"
+# the layer pass's variants of a preset (eval/layer_pass.py): error feedback, scales, both
+METHODS = {"gptq": dict(gptq=True, awq_scales=False), "awq": dict(gptq=False, awq_scales=True),
+           "gptq+awq": dict(gptq=True, awq_scales=True)}
 
 
 class LadderError(LowbitError):
@@ -66,6 +69,9 @@ class LadderConfig:
     llama_quantize: Path | None = None   # llama.cpp's llama-quantize: its files as entries beside lowbit's
     extra_text: str | None = None    # a second evaluation text (a file, or "python-stdlib"): PPL and KLD
     extra_chunks: int | None = 20
+    methods: list[str] = field(default_factory=list)   # each preset also made with these (METHODS)
+    pass_chunks: int = 16            # the layer pass's calibration chunks to fit, and
+    pass_held_out: int = 4           # ... held out (eval/layer_pass.py), from --calib
 
     def extra_settings(self) -> dict | None:
         """What the entries' second-text figures depend on (None: no second text)."""
@@ -124,6 +130,11 @@ class LadderConfig:
             raise LadderError("--types needs at least one type")
         if self.llama_quantize is not None:
             check_binary(self.llama_quantize)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise LadderError(f"unknown method {unknown[0]!r}: choose among {', '.join(METHODS)}")
+        if self.methods and self.calib_text is None:
+            raise LadderError("--methods needs --calib TEXT: the calibration activations come from it")
 
 
 @dataclass
@@ -148,10 +159,13 @@ class Entry:
     speed: dict = field(default_factory=dict)   # settings, pp_tps, tg_tps (empty: not measured)
     extra: dict = field(default_factory=dict)   # ppl, ppl_error, kld on the second text (empty: none)
     sensitivity: str = ""            # a mix: the sensitivity mode its plan came from
+    method: str = ""                 # a preset made with the layer pass: a METHODS key
 
     @property
     def key(self) -> str:
         key = f"{self.type}/{'imatrix' if self.imatrix else 'none'}"
+        if self.method:
+            key += f"/{self.method}"
         return key if self.quantizer == LOWBIT else f"{key}/{self.quantizer}"
 
 
@@ -173,6 +187,7 @@ def entries_to_run(cfg: LadderConfig) -> list[Entry]:
             if cfg.with_and_without:
                 out.append(Entry(preset.name, False, status="requires imatrix" if needs else "ok",
                                  quantizer=quantizer))
+        out += [Entry(preset.name, True, method=m) for m in cfg.methods]
     out += [Entry(alloc_name(b), True, sensitivity=cfg.sensitivity_mode) for b in cfg.allocate]
     out += [Entry(alloc_name(b, without_source=True), True, sensitivity=cfg.sensitivity_mode)
             for b in cfg.allocate_without_source]
@@ -225,25 +240,36 @@ class Evaluation:
 
 def entry_file_name(model: Path, entry: Entry) -> str:
     by = "" if entry.quantizer == LOWBIT else f"-{entry.quantizer}"
-    return f"{model.stem}-{entry.type}{'' if entry.imatrix else '-noimatrix'}{by}.gguf"
+    method = f"-{entry.method.replace('+', '-')}" if entry.method else ""
+    return f"{model.stem}-{entry.type}{'' if entry.imatrix else '-noimatrix'}{method}{by}.gguf"
 
 
 def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str | None, im, imatrix_label: str,
-                  ev: Evaluation, stage: Callable[[str], None], extra: Evaluation | None = None) -> Entry:
+                  ev: Evaluation, stage: Callable[[str], None], extra: Evaluation | None = None,
+                  layer_pass: Callable[[PlanOptions, Path], dict[str, Path]] | None = None) -> Entry:
     """Quantize src to out by opts (with im if the entry takes the importance matrix, recorded
     in the file as imatrix_label) and measure the file against the base; a quantization that
-    fails is the entry's status. `default`: the preset's own type (None for a mix). Runs in
-    this process or in a cluster's worker (eval/ladder_cluster.py)."""
+    fails is the entry's status. `default`: the preset's own type (None for a mix). layer_pass
+    (opts, work dir): the tensors an entry's method encodes first (its time and memory count as
+    the quantization's). Runs in this process or in a cluster's worker (eval/ladder_cluster.py)."""
+    import tempfile
+
     from .speed import peak_rss_bytes, reset_peak_rss
+    start = time.perf_counter()
     try:
-        stage(f"{entry.key}: quantize")
         measured = reset_peak_rss()
-        summary = quantize_model(src, out, opts, im if entry.imatrix else None,
-                                 allow_requantize=True, imatrix_path=imatrix_label if entry.imatrix else None)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lowbit-pass-") as work:
+            encoded = None
+            if layer_pass is not None:
+                stage(f"{entry.key}: {entry.method} layer by layer")
+                encoded = layer_pass(opts, Path(work))
+            stage(f"{entry.key}: quantize")
+            quantize_model(src, out, opts, im if entry.imatrix else None, allow_requantize=True,
+                           imatrix_path=imatrix_label if entry.imatrix else None, encoded=encoded)
     except LowbitError as e:
         entry.status = f"failed: {e}"
         return entry
-    entry.quantize_seconds = summary.seconds
+    entry.quantize_seconds = time.perf_counter() - start
     entry.quantize_peak_bytes = peak_rss_bytes() if measured else 0
     describe_file(entry, out, default)
     return evaluate_entry(entry, out, ev, stage, extra)
@@ -425,6 +451,22 @@ class Ladder:
             return self.allocated_options(src, entry.type, im), None
         return PlanOptions(entry.type), resolve_target(entry.type)[0].default
 
+    def layer_pass(self, entry: Entry, src, im) -> Callable[[PlanOptions, Path], dict[str, Path]]:
+        """The entry's method as measure_entry runs it: the layer pass over the calibration text."""
+        def run(opts: PlanOptions, work: Path) -> dict[str, Path]:
+            from lowbit.quant.quantize_model import make_plan
+
+            from .layer_pass import layer_pass
+            from .loading import load_model
+            c = self.cfg
+            opts.has_imatrix = im is not None
+            model, tok = load_model(c.model)
+            files, _, _ = layer_pass(model, tok, src, {ch.name: ch.qtype for ch in make_plan(src, opts)},
+                                     read_text(c.calib_text), c.n_ctx, c.pass_chunks, c.pass_held_out, work, im,
+                                     **METHODS[entry.method])
+            return files
+        return run
+
     def run_entry(self, entry: Entry, base: Path, im) -> Entry:
         c = self.cfg
         ev = Evaluation(self._eval_text(), base, c.n_ctx, c.chunks)
@@ -449,7 +491,7 @@ class Ladder:
             entry.status = f"failed: {e}"
             return entry
         entry = measure_entry(entry, src, out, opts, default, im, str(c.imatrix_path()), ev, self.stage,
-                              self.extra_ev)
+                              self.extra_ev, self.layer_pass(entry, src, im) if entry.method else None)
         if entry.file:
             entry.file = c.stored(entry.file)
         return entry

@@ -136,8 +136,8 @@ def collect_imatrix_on_cluster(ladder: Ladder, path: Path) -> None:
 
 def run_on_cluster(ladder: Ladder) -> dict:
     c, cluster, stage = ladder.cfg, ladder.cluster, ladder.stage
-    if c.llama_quantize is not None or c.extra_text is not None:
-        raise LadderError("--llama-quantize and --extra-text run on this machine only: leave out --cluster")
+    if c.llama_quantize is not None or c.extra_text is not None or c.methods:
+        raise LadderError("--llama-quantize, --extra-text and --methods run on this machine only: leave out --cluster")
     todo = entries_to_run(c)
     if not c.out_dir.is_dir():
         c.out_dir.mkdir(parents=True)

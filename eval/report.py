@@ -84,7 +84,8 @@ def by_llama(e: dict) -> bool:
 
 
 def _name(e: dict) -> str:
-    return e["type"] + (f" ({quantizer(e)})" if by_llama(e) else "")
+    method = f" +{e['method']}" if e.get("method") else ""
+    return e["type"] + method + (f" ({quantizer(e)})" if by_llama(e) else "")
 
 
 def extra_kld(e: dict) -> float | None:
@@ -172,7 +173,7 @@ def head_to_head(data: dict) -> list[str]:
     for ours, llama in sorted(pairs, key=lambda p: (-p[0]["bpw"], not p[0]["imatrix"])):
         ko, kl = ours["kld"]["mean"], llama["kld"]["mean"]
         lines.append(
-            f"| {ours['type']} | {'yes' if ours['imatrix'] else 'no'} "
+            f"| {_name(ours)} | {'yes' if ours['imatrix'] else 'no'} "
             f"| {ours['file_bytes'] / MiB:.1f} / {llama['file_bytes'] / MiB:.1f} "
             f"| {ko:.5f} / {kl:.5f} | {ko / kl if kl else float('nan'):.3f} "
             f"| {ours['ppl']:.3f} / {llama['ppl']:.3f} "
@@ -229,7 +230,8 @@ def plot_kld(data: dict, path: Path, machine: str) -> Path:
               (True, True, "^", "C3", "llama-quantize presets with importance matrix"),
               (False, True, "v", "C3", "llama-quantize presets without"))
     for with_im, llama, marker, color, label in series:
-        sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e) and by_llama(e) == llama]
+        sel = [e for e in rows if e["imatrix"] == with_im and not is_allocated(e) and by_llama(e) == llama
+               and not e.get("method")]
         if not sel:
             continue
         ax.scatter([e["bpw"] for e in sel], [y[id(e)] for e in sel], marker=marker,
@@ -238,6 +240,12 @@ def plot_kld(data: dict, path: Path, machine: str) -> Path:
             name = e["type"] + (f" = the base (KLD {e['kld']['mean']:.0e})" if e["kld"]["mean"] < NEAR_ZERO else "")
             ax.annotate(name, (e["bpw"], y[id(e)]), fontsize=7,
                         xytext=(4, 2 if with_im else -8), textcoords="offset points")
+    for method, marker, color in (("gptq", "D", "C5"), ("awq", "P", "C6"), ("gptq+awq", "X", "C8")):
+        sel = sorted((e for e in rows if e.get("method") == method), key=lambda e: e["bpw"])
+        if sel:
+            ax.scatter([e["bpw"] for e in sel], [y[id(e)] for e in sel], marker=marker, color=color, zorder=4,
+                       label=f"lowbit presets, importance matrix and {method}")
+            ax.plot([e["bpw"] for e in sel], [y[id(e)] for e in sel], ":", color=color, zorder=2)
     for fresh, color, label in ((False, "C2", "lowbit per-tensor allocation"),
                                 (True, "C4", "lowbit per-tensor allocation without the source's types")):
         mixes = sorted((e for e in rows if is_allocated(e) and without_source(e["type"]) == fresh),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from lowbit.eval import ladder as L
@@ -258,3 +260,34 @@ def test_mixes_with_and_without_the_source_types_and_their_sensitivity_mode(setu
     preset = entries["Q4_K_M/imatrix"]
     assert not L.needs_run(dict(asdict(preset), status="ok"), preset)
     assert L.needs_run(dict(asdict(preset), status="failed: no"), preset) and L.needs_run(None, preset)
+
+
+def test_method_entries_are_made_with_the_layer_pass_and_reported(setup, tmp_path):
+    """--methods awq,gptq+awq: an entry per preset and method, made through the layer pass (its
+    file differs from the plain preset's; the folded norms are in it), with a name, a key, a
+    file and a plot curve of its own."""
+    from lowbit.eval.report import markdown, write_report
+    from lowbit.quant.gguffile import open_gguf
+    model, text = setup
+    text2 = tmp_path / "calib.txt"
+    text2.write_text(TEXT * 8)
+    cfg = L.LadderConfig(model=model, eval_text=text, out_dir=tmp_path / "l", types=["Q4_K_M"], calib_text=text2,
+                         n_ctx=32, chunks=3, calib_chunks=4, threads=1, bench_prompt=0, bench_gen=0,
+                         methods=["awq", "gptq+awq"], pass_chunks=4, pass_held_out=2)
+    assert [e.key for e in L.entries_to_run(cfg)] == ["Q4_K_M/imatrix", "Q4_K_M/imatrix/awq",
+                                                      "Q4_K_M/imatrix/gptq+awq"]
+    data = L.Ladder(cfg).run()
+    plain, awq, both = (data["entries"][k] for k in ("Q4_K_M/imatrix", "Q4_K_M/imatrix/awq",
+                                                     "Q4_K_M/imatrix/gptq+awq"))
+    assert all(e["status"] == "ok" for e in (plain, awq, both))
+    assert awq["file"].endswith("-Q4_K_M-awq.gguf") and both["file"].endswith("-Q4_K_M-gptq-awq.gguf")
+    files = [open_gguf(cfg.resolved(e["file"])) for e in (plain, awq, both)]
+    assert files[0].file_bytes == files[1].file_bytes == files[2].file_bytes
+    differ = [n for n in files[0].tensors if not np.array_equal(files[0].raw(n), files[1].raw(n))]
+    assert any("norm" in n or n.endswith(".bias") for n in differ), differ    # scales were folded
+    assert not list(cfg.out_dir.glob(".lowbit-pass-*"))
+    report = markdown(data, "test machine")
+    assert "| Q4_K_M +awq | yes |" in report and "| Q4_K_M +gptq+awq | yes |" in report
+    write_report(data, cfg.out_dir, "test machine")
+    with pytest.raises(L.LadderError, match="unknown method 'spqr'"):
+        L.entries_to_run(L.LadderConfig(**{**cfg.__dict__, "methods": ["spqr"]}))

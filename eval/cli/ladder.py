@@ -31,6 +31,10 @@ def add_parser(sub) -> None:
     s.add_argument("--allocate-without-source-types", metavar="B1,B2,...",
                    help="mixes at these bits per weight that do not take the source's own quantized types "
                         "(which can reproduce a tensor exactly): what an unquantized source would gain")
+    s.add_argument("--methods", metavar="M1,M2,...",
+                   help="each preset also made with these, as entries of their own: gptq (Hessian error "
+                        "feedback), awq (activation-aware scales), gptq+awq (needs --calib; as lowbit "
+                        "quantize --gptq/--awq)")
     s.add_argument("--sensitivity-tokens", type=int, default=512)
     s.add_argument("--sensitivity", choices=["tensor", "kind"], default="tensor",
                    help="the mixes' gains: measured per tensor, or per tensor kind at 4 depths (for large models)")
@@ -75,7 +79,8 @@ def run(args) -> int:
         allocate_without_source=floats(args.allocate_without_source_types, "--allocate-without-source-types"),
         sensitivity_tokens=args.sensitivity_tokens, sensitivity_mode=args.sensitivity,
         llama_quantize=Path(args.llama_quantize) if args.llama_quantize else None,
-        extra_text=args.extra_text, extra_chunks=args.extra_chunks)
+        extra_text=args.extra_text, extra_chunks=args.extra_chunks,
+        methods=[m.strip() for m in (args.methods or "").split(",") if m.strip()])
     set_threads(args.threads)
     bar = Progress("ladder", unit="stages")
     with connected(args.cluster) as cluster:
