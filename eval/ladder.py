@@ -70,7 +70,7 @@ class LadderConfig:
     extra_text: str | None = None    # a second evaluation text (a file, or "python-stdlib"): PPL and KLD
     extra_chunks: int | None = 20
     methods: list[str] = field(default_factory=list)   # each preset also made with these (METHODS)
-    pass_chunks: int = 16            # the layer pass's calibration chunks to fit, and
+    pass_chunks: int = 10            # the layer pass's calibration chunks to fit, and
     pass_held_out: int = 4           # ... held out (eval/layer_pass.py), from --calib
 
     def extra_settings(self) -> dict | None:

@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
                    help="activation-aware scales, folded into the norms and the v/up rows before each matrix "
                         "(needs --calib); either method is kept per matrix only where it lowers the output "
                         "error on held-out calibration chunks")
-    s.add_argument("--calib-chunks", type=int, default=16, metavar="N",
-                   help="--gptq/--awq: calibration chunks of 512 tokens to fit (default 16)")
+    s.add_argument("--calib-chunks", type=int, default=10, metavar="N",
+                   help="--gptq/--awq: calibration chunks of 512 tokens to fit (default 10)")
     s.add_argument("--held-out-chunks", type=int, default=4, metavar="N",
                    help="--gptq/--awq: the chunks after them, to judge each matrix on (default 4)")
     s.add_argument("--sensitivity-tokens", type=int, default=512,
