@@ -252,17 +252,16 @@ def measure_entry(entry: Entry, src, out: Path, opts: PlanOptions, default: str 
     fails is the entry's status. `default`: the preset's own type (None for a mix). layer_pass
     (opts, work dir): the tensors an entry's method encodes first (its time and memory count as
     the quantization's). Runs in this process or in a cluster's worker (eval/ladder_cluster.py)."""
-    import tempfile
-
+    from .loading import pass_work_dir
     from .speed import peak_rss_bytes, reset_peak_rss
     start = time.perf_counter()
     try:
         measured = reset_peak_rss()
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lowbit-pass-") as work:
+        with pass_work_dir(out, layer_pass is not None) as work:
             encoded = None
             if layer_pass is not None:
                 stage(f"{entry.key}: {entry.method} layer by layer")
-                encoded = layer_pass(opts, Path(work))
+                encoded = layer_pass(opts, work)
             stage(f"{entry.key}: quantize")
             quantize_model(src, out, opts, im if entry.imatrix else None, allow_requantize=True,
                            imatrix_path=imatrix_label if entry.imatrix else None, encoded=encoded)

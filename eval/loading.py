@@ -4,6 +4,8 @@ what is wrong in the same words wherever it is made."""
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from lowbit.quant.errors import LowbitError
@@ -60,3 +62,14 @@ def check_output_dir(path, what: str = "output") -> None:
     parent = Path(path).parent
     if not parent.exists():
         raise InputError(f"the {what} directory {parent} does not exist")
+
+
+@contextmanager
+def pass_work_dir(output: Path, wanted: bool):
+    """A temporary directory beside `output` for the layer pass's encoded tensors (as large as
+    the file to come, so on its disk), removed however the run ends; None if not wanted."""
+    if not wanted:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(dir=Path(output).resolve().parent, prefix=".lowbit-pass-") as work:
+        yield Path(work)

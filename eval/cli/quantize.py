@@ -1,10 +1,9 @@
 """`lowbit quantize`: to a type or a llama.cpp preset, to a size budget, or by a recipe."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from ..loading import check_output_dir, read_text
+from ..loading import check_output_dir, pass_work_dir, read_text
 from ..machine import set_threads
 from ..progress import Progress
 from .common import UsageError
@@ -208,11 +207,10 @@ def run(args) -> int:
     if (args.gptq or args.awq) and not args.calib:
         raise UsageError("--gptq and --awq need --calib TEXT: the calibration activations come from it")
     total = sum(t.n_elements for t in src.tensors.values())
-    with tempfile.TemporaryDirectory(dir=None if args.dry_run else Path(args.output).resolve().parent,
-                                     prefix=".lowbit-pass-") as work:
+    with pass_work_dir(Path(args.output), (args.gptq or args.awq) and not args.dry_run) as work:
         encoded = None
-        if (args.gptq or args.awq) and not args.dry_run:
-            encoded = calibrated_pass(args, src, opts, im, Path(work))
+        if work is not None:
+            encoded = calibrated_pass(args, src, opts, im, work)
         bar = Progress(f"quantize {label}", total=total, unit="weights", disable=args.dry_run)
         summary = quantize_model(src, args.output, opts, im, args.allow_requantize, args.dry_run,
                                  args.imatrix, progress=bar.update, split=split, encoded=encoded)
