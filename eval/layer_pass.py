@@ -1,7 +1,8 @@
 """The layers' weight matrices encoded with calibration activations: Hessian error feedback
 (quant/gptq.py) and/or activation-aware scales folded into the norms and matrices before them
 (quant/awq.py), sequentially, each layer seeing the already quantized layers before it
-(bench/gptq_trial.py runs it; not a `lowbit quantize` option yet, docs/beyond-imatrix.md).
+(`lowbit quantize --gptq/--awq`, `lowbit ladder --methods`, bench/gptq_trial.py;
+docs/beyond-imatrix.md).
 
 The calibration chunks' residual streams are kept (tokens x n_embd float32 each) and advanced
 one layer at a time, so every layer runs twice over them in all: once, unquantized, to
@@ -104,17 +105,20 @@ def _inputs(layer):
 INPUT_OF = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "w_gate": 2, "w_up": 2, "w_down": 3}
 
 
-def _hessians(model, layer_index: int, streams: list[np.ndarray], n_fit: int, per_token: bool
-              ) -> tuple[list[HessianSum], list[HessianSum]]:
+def _hessians(model, layer_index: int, streams: list[np.ndarray], n_fit: int, per_token: bool,
+              wanted: set[int]) -> tuple[list[HessianSum], list[HessianSum]]:
     """Run the layer on (copies of) the residual streams entering it; the Hessian of each input
-    group over the first n_fit streams and over the rest (held out)."""
+    group in `wanted` (indices into _inputs; the others are not summed: an 8960-wide sum for a
+    matrix that is only copied would be most of the time) over the first n_fit streams and over
+    the rest (held out)."""
     layer = model.layers[layer_index]
     groups = _inputs(layer)
     fit, held = [HessianSum(per_token) for _ in groups], [HessianSum(per_token) for _ in groups]
     try:
         for i, x in enumerate(streams):
-            for group, s in zip(groups, fit if i < n_fit else held):
-                group[0].observer = s.add
+            for g, (group, s) in enumerate(zip(groups, fit if i < n_fit else held)):
+                if g in wanted:
+                    group[0].observer = s.add
             model.run_layer(layer_index, x.copy())
     finally:
         for group in groups:
@@ -139,10 +143,10 @@ def _encode_matrix(name: str, w: np.ndarray, qtype, hf: np.ndarray, n_fit: int, 
 
 def _scale_groups(model, il: int, weights: dict, todo: set[str], types, imps: dict, h_fit, h_held,
                   stage) -> tuple[dict[str, np.ndarray], list[ScaleReport]]:
-    """Search and fold every scale group of layer il into `weights` (in place); each matrix's
-    column scales (ones where not scaled) and the reports."""
+    """Search and fold every scale group of layer il into `weights` (in place); the column
+    scales of each scaled matrix (layer attribute -> s) and the reports."""
     layer, cfg = model.layers[il], model.cfg
-    col = {a: np.ones(weights[a].shape[1]) for a in INPUT_OF}
+    col = {}
     reports = []
     for g in awq.SCALE_GROUPS:
         touched = g.scaled + ((g.rows_of,) if g.rows_of else ())
@@ -174,12 +178,14 @@ def _scale_groups(model, il: int, weights: dict, todo: set[str], types, imps: di
     return col, reports
 
 
-def _float_layer(src, layer) -> dict[str, np.ndarray]:
-    """The layer's matrices (float rows, from the source file), norms and v's bias."""
+def _float_layer(src, layer, todo: set[str]) -> dict[str, np.ndarray]:
+    """The layer's matrices to encode (float rows, from the source file; a scale group only
+    touches those), its norms and v's bias."""
     out = {}
     for a in INPUT_OF:
         t = src.tensors[getattr(layer, a).name]
-        out[a] = dequantize(src.raw(t.name), t.qtype, (t.n_rows, t.n_cols))
+        if t.name in todo:
+            out[a] = dequantize(src.raw(t.name), t.qtype, (t.n_rows, t.n_cols))
     out["attn_norm"], out["ffn_norm"] = layer.attn_norm.copy(), layer.ffn_norm.copy()
     out["wv_bias"] = None if layer.wv.bias is None else layer.wv.bias.copy()
     return out
@@ -220,25 +226,25 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
         todo = {lin.name for group in groups for lin in group
                 if lin.name in types and types[lin.name].name != src.tensors[lin.name].qtype.name}
         if todo:
+            encoded = {a: i for a, i in INPUT_OF.items() if getattr(layer, a).name in todo}
             stage(il, "Hessians")
-            h_fit, h_held = _hessians(model, il, streams, n_chunks, per_token)
-            weights = _float_layer(src, layer)
+            h_fit, h_held = _hessians(model, il, streams, n_chunks, per_token, set(encoded.values()))
+            weights = _float_layer(src, layer, todo)
             imps = {}
-            for a, i in INPUT_OF.items():
-                name = getattr(layer, a).name
-                imp = im.importance(name) if im is not None else None
+            for a, i in encoded.items():
+                imp = im.importance(getattr(layer, a).name) if im is not None else None
                 imps[a] = imp if imp is not None else (np.diagonal(h_fit[i].h) / h_fit[i].n).astype(np.float32)
-            col = {a: np.ones(weights[a].shape[1]) for a in INPUT_OF}
+            col = {}
             if awq_scales:
                 col, found = _scale_groups(model, il, weights, todo, types, imps, h_fit, h_held, stage)
                 scale_reports += found
-            for a, i in INPUT_OF.items():
+            for a, i in encoded.items():
                 lin = getattr(layer, a)
-                if lin.name not in todo:
-                    continue
                 stage(il, lin.name)
-                hf, imp = awq.scaled_statistics(col[a], h_fit[i].h, imps[a])
-                hh, _ = awq.scaled_statistics(col[a], h_held[i].h, None)
+                hf, hh, imp = h_fit[i].h, h_held[i].h, imps[a]
+                if a in col:                      # scaled: the statistics of W S
+                    hf, imp = awq.scaled_statistics(col[a], hf, imp)
+                    hh, _ = awq.scaled_statistics(col[a], hh, None)
                 report, kept = _encode_matrix(lin.name, weights[a], types[lin.name], hf, h_fit[i].n, hh, imp,
                                               gptq, damp)
                 reports.append(report)
