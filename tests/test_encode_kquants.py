@@ -156,11 +156,34 @@ def test_signed_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             sc = np.empty(16, np.int32)
             L = np.empty(256, np.int32)
             d = K._encode_signed_block(x, block_weights(imp, b, name, rows[r]), 16, 16, qlo, qhi, slo, shi,
-                                       scan, sc, L)
+                                       scan, sc, L, K.signed_scratch(16, 16))
             assert d == np.float16(d)
             assert sc.min() >= slo and sc.max() <= shi and L.min() >= qlo and L.max() <= qhi
             values = (np.float32(d) * np.repeat(sc, 16).astype(np.float32)) * L.astype(np.float32)
             np.testing.assert_array_equal(values, decoded[r, b * 256:(b + 1) * 256])
+
+
+@pytest.mark.parametrize("name", list(SIGNED))
+def test_side_by_side_signed_fits_equal_the_one_at_a_time_fit(name, rng):
+    # The super-block's sub-blocks are fitted in vector lanes; each lane's result is the scale
+    # fits.fit_signed finds for that sub-block alone (up to the order of its sums).
+    qlo, qhi, slo, shi, scan = SIGNED[name]
+    rows, imp = real_looking_rows(rng, 4, 512)
+    rows[0, :16] = 0.0   # an all-zero sub-block
+    scratch = K.signed_scratch(16, 16)
+    xt, wt, lanes, _, _, live = scratch
+    for r in range(rows.shape[0]):
+        for b in range(rows.shape[1] // 256):
+            x = rows[r, b * 256:(b + 1) * 256].copy()
+            w = block_weights(imp, b, name, rows[r])
+            K._transpose(x, w, 16, 16, xt, wt)
+            K._fit_signed_lanes(xt, wt, qlo, qhi, scan, lanes, live)
+            L = np.empty(256, np.int32)
+            alone = [fits.fit_signed(x, w, j * 16, 16, qlo, qhi, scan, L) for j in range(16)]
+            np.testing.assert_allclose(lanes[0], alone, rtol=1e-6)
+            wl2 = [float((w[j * 16:(j + 1) * 16] * L[j * 16:(j + 1) * 16].astype(np.float64) ** 2).sum())
+                   for j in range(16)]
+            np.testing.assert_allclose(lanes[1], wl2, rtol=1e-6)
 
 
 @type_params(KQUANTS)
