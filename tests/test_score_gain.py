@@ -57,6 +57,21 @@ def test_score_rows_sit_at_their_fit(tname):
     assert np.array_equal(quantize_tensor_rows("blk.3.ffn_up.weight", rows, qtype, imp), plain)
 
 
+@pytest.mark.parametrize("tname", ["IQ1_S", "IQ1_M"])
+def test_one_bit_score_rows_go_half_way_to_their_fit(tname):
+    """At IQ1's error level the score rows take the square root of their least-squares gain:
+    their gain after the second encoding is about the square root of the plain one's."""
+    qtype = by_name(tname)
+    rows, imp = heavy_rows()
+    y0 = dequantize(quantize(rows, qtype, imp), qtype, rows.shape)
+    g0 = least_squares_gain(rows, y0, imp)
+    y1 = dequantize(quantize_tensor_rows("blk.3.attn_q.weight", rows, qtype, imp), qtype, rows.shape)
+    g1 = least_squares_gain(rows, y1, imp)
+    assert g0.mean() < 0.97, f"{tname}: the plain encoding is not lifted ({g0.mean():.4f})"
+    # half way (in log scale): g1 ~ sqrt(g0), not ~1 as for the other types
+    assert np.abs(np.log(g1) - 0.5 * np.log(g0)).mean() < 0.25 * np.abs(np.log(g0)).mean()
+
+
 def test_gain_of_degenerate_rows_is_one():
     rows = np.zeros((2, 256), np.float32)
     rows[1, 0] = 1.0
