@@ -6,11 +6,12 @@ docs/beyond-imatrix.md).
 
 The calibration chunks' residual streams are kept (tokens x n_embd float32 each) and advanced
 one layer at a time, so every layer runs twice over them in all: once, unquantized, to
-accumulate per input its matrices read H = X^T X (q/k/v share one, gate/up share one;
-attn_output and ffn_down have their own: 8960^2 x 8 bytes = 640 MB for Qwen2.5-1.5B's
-ffn_down, the largest held at once), separately over the fitted chunks and over held-out
-chunks that follow them in the text; and once more with its matrices quantized, to make the
-next layer's inputs (so each layer sees the quantized layers before it). Each matrix is encoded
+accumulate per input its matrices read H = X^T X over the fitted chunks (q/k/v share one,
+gate/up share one; attn_output and ffn_down have their own: 8960^2 x 8 bytes = 640 MB for
+Qwen2.5-1.5B's ffn_down, the largest held at once) and to keep the inputs of the held-out
+chunks that follow them in the text (as rows while they are fewer than the columns: errors over
+the rows then cost less than over their H); and once more with its matrices quantized, to make
+the next layer's inputs (so each layer sees the quantized layers before it). Each matrix is encoded
 both plainly and with feedback, and the one with the lower output error on the held-out inputs
 is kept (so the method never makes a matrix worse on data it did not fit), saved to the work
 directory, and swapped into the model. Activation-aware scales are searched first, one group
@@ -26,6 +27,7 @@ The encoded matrices are handed to quantize_model as precomputed tensors; everyt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +36,7 @@ import numpy as np
 from lowbit.quant import awq
 from lowbit.quant.decode import dequantize
 from lowbit.quant.errors import LowbitError
-from lowbit.quant.gptq import gptq_quantize, output_error
+from lowbit.quant.gptq import InputRows, gptq_quantize, output_error
 from lowbit.quant.imatrix import ImportanceMatrix
 from lowbit.quant.score_gain import quantize_tensor_rows
 
@@ -86,14 +88,39 @@ class HessianSum:
         x = np.asarray(x, dtype=np.float32)
         a = np.abs(x).sum(axis=0, dtype=np.float64)
         self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
-        if self.per_token:
-            x = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True, dtype=np.float64) + 1e-12).astype(np.float32)
+        x = _token_scaled(x, self.per_token)
         xtx = (x.T @ x).astype(np.float64)
         if self.h is None:
             self.h = xtx
         else:
             self.h += xtx
         self.n += x.shape[0]
+
+
+def _token_scaled(x: np.ndarray, per_token: bool) -> np.ndarray:
+    """Each token's input scaled to unit mean square (per_token), or x as it is."""
+    if not per_token:
+        return x
+    return x / np.sqrt(np.mean(x * x, axis=1, keepdims=True, dtype=np.float64) + 1e-12).astype(np.float32)
+
+
+class HeldOutInputs:
+    """The held-out inputs one observer sees, for output errors only: `h` is InputRows X (the
+    rows themselves) while there are fewer tokens than columns, where errors over the rows cost
+    less than over X^T X and H need not be formed; else H. per_token as in HessianSum."""
+
+    def __init__(self, per_token: bool = False):
+        self.rows = []
+        self.per_token = per_token
+
+    def add(self, name: str, x: np.ndarray) -> None:
+        self.rows.append(_token_scaled(np.array(x, dtype=np.float32), self.per_token))
+
+    @cached_property
+    def h(self):
+        x = np.concatenate(self.rows)
+        self.rows = []
+        return InputRows(x) if x.shape[0] < x.shape[1] else (x.T @ x).astype(np.float64)
 
 
 def _inputs(layer):
@@ -106,14 +133,14 @@ INPUT_OF = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "w_gate": 2, "w_up": 2, "w_down"
 
 
 def _hessians(model, layer_index: int, streams: list[np.ndarray], n_fit: int, per_token: bool,
-              wanted: set[int]) -> tuple[list[HessianSum], list[HessianSum]]:
+              wanted: set[int]) -> tuple[list[HessianSum], list[HeldOutInputs]]:
     """Run the layer on (copies of) the residual streams entering it; the Hessian of each input
     group in `wanted` (indices into _inputs; the others are not summed: an 8960-wide sum for a
     matrix that is only copied would be most of the time) over the first n_fit streams and over
     the rest (held out)."""
     layer = model.layers[layer_index]
     groups = _inputs(layer)
-    fit, held = [HessianSum(per_token) for _ in groups], [HessianSum(per_token) for _ in groups]
+    fit, held = [HessianSum(per_token) for _ in groups], [HeldOutInputs(per_token) for _ in groups]
     try:
         for i, x in enumerate(streams):
             for g, (group, s) in enumerate(zip(groups, fit if i < n_fit else held)):
@@ -126,11 +153,11 @@ def _hessians(model, layer_index: int, streams: list[np.ndarray], n_fit: int, pe
     return fit, held
 
 
-def _encode_matrix(name: str, w: np.ndarray, qtype, hf: np.ndarray, n_fit: int, hh: np.ndarray,
+def _encode_matrix(name: str, w: np.ndarray, qtype, hf: np.ndarray, n_fit: int, hh,
                    imp: np.ndarray, gptq: bool, damp: float) -> tuple[MatrixReport, np.ndarray]:
     """One matrix (float rows, already scaled if its group is) encoded plainly (as quantize_model
     encodes it) and, with gptq, with feedback through hf; the one with the lower output error
-    over the held-out inputs hh, and the report."""
+    over the held-out inputs hh (H or InputRows), and the report."""
     plain = quantize_tensor_rows(name, w, qtype, imp)
     e_plain = output_error(w, plain, qtype, hh)
     if not gptq:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import dequantize
-from .gptq import quadratic_error
+from .gptq import InputRows, quadratic_error
 from .score_gain import quantize_tensor_rows
 from .types import QuantType
 
@@ -98,11 +98,12 @@ def fold(group: ScaleGroup, tensors: dict[str, np.ndarray], cols: np.ndarray, ro
             tensors[bias] = (tensors[bias] / rows).astype(np.float32)
 
 
-def scaled_statistics(s: np.ndarray, h: np.ndarray, importance: np.ndarray | None):
-    """(S^-1 H S^-1, imp / s^2): a matrix's input statistics once its columns are scaled by s."""
+def scaled_statistics(s: np.ndarray, h, importance: np.ndarray | None):
+    """(S^-1 H S^-1, imp / s^2): a matrix's input statistics once its columns are scaled by s
+    (h: H, or the InputRows X it sums, which become X S^-1)."""
     inv = 1.0 / s
-    return (h * inv[:, None] * inv[None, :],
-            None if importance is None else (importance * inv * inv).astype(np.float32))
+    scaled = InputRows(h.x * inv.astype(np.float32)) if isinstance(h, InputRows) else h * inv[:, None] * inv[None, :]
+    return scaled, None if importance is None else (importance * inv * inv).astype(np.float32)
 
 
 def scaled_problem(w: np.ndarray, s: np.ndarray, h: np.ndarray, importance: np.ndarray | None):
@@ -114,7 +115,8 @@ def search_alpha(mats: list[tuple[str, np.ndarray, QuantType, np.ndarray | None]
                  column_scales, alphas=ALPHAS, n_rows: int = SEARCH_ROWS) -> tuple[float, dict[float, float]]:
     """The alpha whose scales (column_scales(alpha)) give the least output error
     sum_rows (w - q/s) H (w - q/s)^T over sampled rows of the matrices (name, rows, type,
-    importance) that read inputs with second-moment matrix h. Returns (alpha, error per alpha)."""
+    importance) that read inputs with second-moment matrix h (or the InputRows it sums).
+    Returns (alpha, error per alpha)."""
     errors = {}
     for alpha in alphas:
         s = column_scales(alpha)

@@ -108,13 +108,28 @@ def gptq_quantize(rows: np.ndarray, qtype: QuantType, hessian: np.ndarray, n_tok
     return out
 
 
-def output_error(rows: np.ndarray, raw: np.ndarray, qtype: QuantType, hessian: np.ndarray) -> float:
-    """sum over rows of (w - q) H (w - q)^T: the squared output error over the inputs H sums."""
-    return quadratic_error(np.asarray(rows, dtype=np.float64) - dequantize(raw, qtype, rows.shape), hessian)
+class InputRows:
+    """Inputs kept as they are (tokens x n_in, float32) instead of summed into H = X^T X: with
+    fewer tokens than columns an output error over them, sum ||X e^T||^2, costs tokens/n_in of
+    e H e^T, and H itself is never formed (for Qwen2.5-1.5B's ffn_down, 2,048 held-out tokens
+    against 8,960 columns: a quarter of the products, 73 MB instead of 640)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
 
 
-def quadratic_error(e: np.ndarray, hessian: np.ndarray) -> float:
+def output_error(rows: np.ndarray, raw: np.ndarray, qtype: QuantType, inputs) -> float:
+    """sum over rows of (w - q) H (w - q)^T: the squared output error over the inputs H sums
+    (inputs: H, or the InputRows it sums)."""
+    return quadratic_error(np.asarray(rows, dtype=np.float64) - dequantize(raw, qtype, rows.shape), inputs)
+
+
+def quadratic_error(e: np.ndarray, inputs) -> float:
     """sum over rows of e H e^T, as one matrix product (an einsum over three operands would not
-    use BLAS: minutes on an 8960-wide Hessian)."""
+    use BLAS: minutes on an 8960-wide Hessian); inputs: H, or the InputRows X it sums
+    (sum ||X e^T||^2, in float32)."""
+    if isinstance(inputs, InputRows):
+        y = inputs.x @ np.asarray(e, dtype=np.float32).T
+        return float(np.sum(y * y, dtype=np.float64))
     e = np.asarray(e, dtype=np.float64)
-    return float(np.sum((e @ hessian) * e))
+    return float(np.sum((e @ inputs) * e))

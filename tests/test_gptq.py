@@ -112,3 +112,19 @@ def test_short_calibration_text_is_refused(tmp_path):
     types = {c.name: c.qtype for c in make_plan(src, PlanOptions("Q4_K_M"))}
     with pytest.raises(LayerPassError, match="needs 5 to fit and 2 held out"):
         layer_pass(model, tok, src, types, "the cat sat on the mat. " * 6, 32, 5, 2, tmp_path)
+
+
+def test_output_error_over_the_input_rows_equals_the_one_over_their_hessian():
+    # Held-out inputs may be kept as rows X instead of H = X^T X: the same error, and the same
+    # after scaling the columns (awq.scaled_statistics on either form).
+    from lowbit.quant import awq
+    from lowbit.quant.gptq import InputRows, quadratic_error
+    rng = np.random.default_rng(3)
+    x = correlated_inputs(rng, 300).astype(np.float32)
+    e = rng.standard_normal((20, N_IN))
+    h = x.astype(np.float64).T @ x.astype(np.float64)
+    assert quadratic_error(e, InputRows(x)) == pytest.approx(quadratic_error(e, h), rel=1e-5)
+    s = np.exp(rng.standard_normal(N_IN) * 0.3)
+    rows_scaled, _ = awq.scaled_statistics(s, InputRows(x), None)
+    h_scaled, _ = awq.scaled_statistics(s, h, None)
+    assert quadratic_error(e, rows_scaled) == pytest.approx(quadratic_error(e, h_scaled), rel=1e-5)
