@@ -89,11 +89,11 @@ class HessianSum:
         a = np.abs(x).sum(axis=0, dtype=np.float64)
         self.abs_sum = a if self.abs_sum is None else self.abs_sum + a
         x = _token_scaled(x, self.per_token)
-        xtx = (x.T @ x).astype(np.float64)
+        xtx = x.T @ x
         if self.h is None:
-            self.h = xtx
+            self.h = xtx.astype(np.float64)
         else:
-            self.h += xtx
+            self.h += xtx          # cast to float64 as it is added, without a converted copy
         self.n += x.shape[0]
 
 

@@ -106,25 +106,22 @@ def scaled_statistics(s: np.ndarray, h, importance: np.ndarray | None):
     return scaled, None if importance is None else (importance * inv * inv).astype(np.float32)
 
 
-def scaled_problem(w: np.ndarray, s: np.ndarray, h: np.ndarray, importance: np.ndarray | None):
-    """(W S, S^-1 H S^-1, imp / s^2): the same output error, written for the scaled matrix."""
-    return ((w * s).astype(np.float32),) + scaled_statistics(s, h, importance)
-
-
 def search_alpha(mats: list[tuple[str, np.ndarray, QuantType, np.ndarray | None]], h: np.ndarray,
                  column_scales, alphas=ALPHAS, n_rows: int = SEARCH_ROWS) -> tuple[float, dict[float, float]]:
     """The alpha whose scales (column_scales(alpha)) give the least output error
     sum_rows (w - q/s) H (w - q/s)^T over sampled rows of the matrices (name, rows, type,
-    importance) that read inputs with second-moment matrix h (or the InputRows it sums).
-    Returns (alpha, error per alpha)."""
+    importance) that read inputs with second-moment matrix h (or the InputRows it sums), q the
+    encoding of W S with importance imp / s^2. Returns (alpha, error per alpha)."""
     errors = {}
     for alpha in alphas:
         s = column_scales(alpha)
         total = 0.0
         for name, w, qtype, imp in mats:
-            pick = np.linspace(0, w.shape[0] - 1, min(n_rows, w.shape[0])).astype(int)
-            ws, hs, imps = scaled_problem(w[pick], s, h, imp)
-            e = ws - dequantize(quantize_tensor_rows(name, ws, qtype, imps), qtype, ws.shape)
-            total += quadratic_error(e, hs)
+            rows = w[np.linspace(0, w.shape[0] - 1, min(n_rows, w.shape[0])).astype(int)]
+            ws = (rows * s).astype(np.float32)
+            imps = None if imp is None else (imp * (1.0 / s) * (1.0 / s)).astype(np.float32)
+            q = dequantize(quantize_tensor_rows(name, ws, qtype, imps), qtype, ws.shape)
+            # (W S - Q) S^-1 H S^-1 (W S - Q)^T, without forming the scaled H
+            total += quadratic_error(rows - q / s, h)
         errors[alpha] = total
     return min(errors, key=errors.get), errors

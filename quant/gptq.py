@@ -38,27 +38,35 @@ class GPTQError(LowbitError):
     """A Hessian that does not fit the matrix, or one that cannot be factorized."""
 
 
-def lower_triangular_inverse(l: np.ndarray) -> np.ndarray:
-    """L^-1 for lower triangular L, by halves: [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]].
-    A third of the arithmetic of a general inverse, and all of it matrix products."""
-    n = l.shape[0]
+def cholesky_and_inverse(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L, L^-1) with L L^T = h (symmetric positive definite), by halves: with h = [[A, B^T],
+    [B, C]], L11 L11^T = A, L21 = B L11^-T, L22 L22^T = C - L21 L21^T, and
+    [[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]. All but the
+    256-wide leaves is matrix products, several times the speed of LAPACK's factorization here.
+    Raises numpy's LinAlgError if h is not positive definite."""
+    n = h.shape[0]
     if n <= 256:
-        return np.linalg.inv(l)
+        low = np.linalg.cholesky(h)
+        return low, np.linalg.inv(low)
     k = n // 2
-    a_inv = lower_triangular_inverse(l[:k, :k])
-    d_inv = lower_triangular_inverse(l[k:, k:])
-    out = np.zeros_like(l)
-    out[:k, :k] = a_inv
-    out[k:, k:] = d_inv
-    out[k:, :k] = -(d_inv @ (l[k:, :k] @ a_inv))
-    return out
+    l11, i11 = cholesky_and_inverse(h[:k, :k])
+    l21 = h[k:, :k] @ i11.T
+    l22, i22 = cholesky_and_inverse(h[k:, k:] - l21 @ l21.T)
+    low = np.zeros_like(h)
+    inv = np.zeros_like(h)
+    low[:k, :k], low[k:, :k], low[k:, k:] = l11, l21, l22
+    inv[:k, :k], inv[k:, k:] = i11, i22
+    inv[k:, :k] = -(i22 @ (l21 @ i11))
+    return low, inv
 
 
 def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
-    """U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1, dead columns set to 1.
+    """U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1, dead columns set to 1;
+    in float32, as the method's authors compute it (half the time of float64; the held-out
+    check downstream guards the result).
 
     With J the order-reversing permutation and J H J = L L^T (Cholesky), H^-1 = A^T A for
-    A = J L^-1 J, which is upper triangular: one factorization and one triangular inverse."""
+    A = J L^-1 J, which is upper triangular: one factorization with its triangular inverse."""
     h = np.array(h, dtype=np.float64, copy=True)
     diag = np.diagonal(h).copy()
     dead = diag <= 0
@@ -68,10 +76,10 @@ def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     live = diag[~dead]
     h[np.diag_indices_from(h)] += damp * (live.mean() if live.size else 1.0)
     try:
-        low = np.linalg.cholesky(np.ascontiguousarray(h[::-1, ::-1]))
+        _, low_inv = cholesky_and_inverse(np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32))
     except np.linalg.LinAlgError:
         raise GPTQError("the Hessian is not positive definite even after damping; raise the damping") from None
-    return np.ascontiguousarray(lower_triangular_inverse(low)[::-1, ::-1])
+    return np.ascontiguousarray(low_inv[::-1, ::-1])
 
 
 def gptq_quantize(rows: np.ndarray, qtype: QuantType, hessian: np.ndarray, n_tokens: int,
@@ -91,7 +99,7 @@ def gptq_quantize(rows: np.ndarray, qtype: QuantType, hessian: np.ndarray, n_tok
     out = np.empty((n_out, qtype.row_bytes(n_in)), dtype=np.uint8)   # whole blocks, or a clear error
     u = inverse_cholesky(hessian, damp)
     dead = np.diagonal(hessian) <= 0
-    w = rows.astype(np.float64)
+    w = rows.copy()
     w[:, dead] = 0.0
     block_bytes = qtype.type_size
     for b, c0 in enumerate(range(0, n_in, width)):

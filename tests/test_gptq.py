@@ -128,3 +128,17 @@ def test_output_error_over_the_input_rows_equals_the_one_over_their_hessian():
     rows_scaled, _ = awq.scaled_statistics(s, InputRows(x), None)
     h_scaled, _ = awq.scaled_statistics(s, h, None)
     assert quadratic_error(e, rows_scaled) == pytest.approx(quadratic_error(e, h_scaled), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [200, 700])
+def test_cholesky_by_halves_factors_and_inverts(n):
+    from lowbit.quant.gptq import cholesky_and_inverse
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((2 * n, n)) * np.exp(rng.standard_normal(n))
+    h = x.T @ x + 0.01 * np.eye(n)
+    low, inv = cholesky_and_inverse(h)
+    assert np.allclose(np.triu(low, 1), 0) and np.allclose(np.triu(inv, 1), 0)
+    np.testing.assert_allclose(low @ low.T, h, rtol=1e-9, atol=1e-9 * np.abs(h).max())
+    np.testing.assert_allclose(inv @ low, np.eye(n), atol=1e-9)
+    with pytest.raises(np.linalg.LinAlgError):
+        cholesky_and_inverse(-h)
