@@ -50,13 +50,18 @@ def least_squares_gain(rows: np.ndarray, q: np.ndarray, importance: np.ndarray |
     return np.where(ok, g, 1.0)
 
 
+def score_gain(rows: np.ndarray, first: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> np.ndarray:
+    """The gain each row of a score matrix is encoded at, given its plain encoding `first`: the
+    least-squares gain to the power GAIN_POWER of its type family."""
+    gain = least_squares_gain(rows, dequantize(first, qtype, rows.shape), importance)
+    return gain ** GAIN_POWER.get(qtype.family, 1.0)
+
+
 def quantize_at_least_squares_gain(rows: np.ndarray, qtype: QuantType,
                                    importance: np.ndarray | None) -> np.ndarray:
-    """Encode rows (n_rows, n_cols) as qtype, each row at the least-squares gain of its encoding
-    (to the power GAIN_POWER of its type family)."""
+    """Encode rows (n_rows, n_cols) as qtype, each row at its score_gain."""
     first = quantize(rows, qtype, importance)
-    gain = least_squares_gain(rows, dequantize(first, qtype, rows.shape), importance)
-    gain = gain ** GAIN_POWER.get(qtype.family, 1.0)
+    gain = score_gain(rows, first, qtype, importance)
     again = np.abs(gain - 1.0) > GAIN_TOLERANCE
     if not again.any():
         return first

@@ -142,3 +142,19 @@ def test_cholesky_by_halves_factors_and_inverts(n):
     np.testing.assert_allclose(inv @ low, np.eye(n), atol=1e-9)
     with pytest.raises(np.linalg.LinAlgError):
         cholesky_and_inverse(-h)
+
+
+def test_feedback_keeps_query_and_key_rows_at_their_gain(problem):
+    # Query and key rows are encoded at their least-squares gain (quant/score_gain.py); the
+    # feedback's encoding of them must sit there too, not at the lift other rows carry.
+    from lowbit.eval.layer_pass import _encode_matrix
+    from lowbit.quant.decode import dequantize
+    from lowbit.quant.score_gain import least_squares_gain
+    w, h, h_held_out = problem
+    q = by_name("IQ2_XXS")
+    imp = (np.diagonal(h) / N_TOK).astype(np.float32)
+    lifted = least_squares_gain(w, dequantize(gptq_quantize(w, q, h, N_TOK, importance=imp), q, w.shape), imp)
+    report, kept = _encode_matrix("blk.0.attn_k.weight", w, q, h, N_TOK, h_held_out, imp, True, 0.01)
+    assert report.kept == "gptq"
+    gain = least_squares_gain(w, dequantize(kept, q, w.shape), imp)
+    assert lifted.mean() < 0.97 and abs(gain.mean() - 1) < 0.015, (lifted.mean(), gain.mean())
