@@ -238,6 +238,9 @@ def layer_pass(model, tokenizer, src, types: dict[str, object], text: str, n_ctx
     included; one report per matrix; one per scale group)."""
     from lowbit.runtime.kernels import QuantMatrix
 
+    if n_chunks < 1 or n_held_out < 1:
+        raise LayerPassError(f"the pass needs at least one calibration chunk to fit and one held out, "
+                             f"not {n_chunks} and {n_held_out}")
     bos = tokenizer.bos_id if tokenizer.add_bos else None
     chunks = chunk_tokens(tokenizer.encode(text, add_special=True), n_ctx, n_chunks + n_held_out, bos)
     if len(chunks) < n_chunks + n_held_out:

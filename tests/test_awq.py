@@ -138,4 +138,6 @@ def test_quantize_command_runs_both_methods(tmp_path):
     assert_one_sentence(lowbit("quantize", src, tmp_path / "x.gguf", "Q4_K_M", "--gptq"), "need --calib")
     assert_one_sentence(lowbit("quantize", src, tmp_path / "x.gguf", "Q4_K_M", "--awq", "--calib", text,
                                "--calib-chunks", "50"), "needs 50 to fit and 4 held out")
+    assert_one_sentence(lowbit("quantize", src, tmp_path / "x.gguf", "Q4_K_M", "--gptq", "--calib", text,
+                               "--held-out-chunks", "0"), "at least one calibration chunk to fit and one held out")
     assert not (tmp_path / "x.gguf").exists()
