@@ -88,6 +88,10 @@ MIDPOINTS = ((LEVELS[1:] + LEVELS[:-1]) / 2).astype(np.float32)  # nearest-level
 POW3 = 3 ** np.arange(8, dtype=np.int64)
 N_CODES = 3 ** 8            # every point of {8, 25, 43}^8, coded as base-3 level digits
 NEIGHBOUR_SHELLS = 2        # off-grid points list the codebook points of their nearest shells
+# The sub-block scale scan: one wrong-sign candidate per odd-parity group and 10 scales
+# (amax / (43 * ratio), ratio 0.75 ... 1.29) cost 0.07 % in weighted error against 2 and 15 on
+# Qwen2.5-Coder-1.5B's rows with its importance matrix, in 70 % of the time; the exact search at
+# the chosen sub-scales after it is what sets the codes.
 FLIP_TRIES = 1              # wrong-sign candidates tried per odd-parity group
 SCALE_STEPS = 10            # candidate scales per sub-block: amax / (43 * ratio) ...
 SCALE_RATIO0 = np.float32(0.75)
