@@ -88,10 +88,14 @@ MIDPOINTS = ((LEVELS[1:] + LEVELS[:-1]) / 2).astype(np.float32)  # nearest-level
 POW3 = 3 ** np.arange(8, dtype=np.int64)
 N_CODES = 3 ** 8            # every point of {8, 25, 43}^8, coded as base-3 level digits
 NEIGHBOUR_SHELLS = 2        # off-grid points list the codebook points of their nearest shells
-FLIP_TRIES = 2              # wrong-sign candidates tried per odd-parity group
-SCALE_STEPS = 15            # candidate scales per sub-block: amax / (43 * ratio) ...
+# The sub-block scale scan: one wrong-sign candidate per odd-parity group and 10 scales
+# (amax / (43 * ratio), ratio 0.75 ... 1.29) cost 0.07 % in weighted error against 2 and 15 on
+# Qwen2.5-Coder-1.5B's rows with its importance matrix, in 70 % of the time; the exact search at
+# the chosen sub-scales after it is what sets the codes.
+FLIP_TRIES = 1              # wrong-sign candidates tried per odd-parity group
+SCALE_STEPS = 10            # candidate scales per sub-block: amax / (43 * ratio) ...
 SCALE_RATIO0 = np.float32(0.75)
-SCALE_RATIO_STEP = np.float32(0.04)
+SCALE_RATIO_STEP = np.float32(0.06)
 REFITS = 3                  # least-squares rescale / re-snap rounds after the scan
 D_FACTORS = np.linspace(0.8, 1.15, 36).astype(np.float32)  # block scale candidates
 SUBSCALE_REACH = 1          # sub-scales tried on either side of the ideal one
