@@ -39,7 +39,7 @@ from lowbit.quant.encode import quantize
 from lowbit.quant.errors import LowbitError
 from lowbit.quant.gptq import InputRows, gptq_quantize, output_error
 from lowbit.quant.imatrix import ImportanceMatrix
-from lowbit.quant.score_gain import is_score_matrix, quantize_tensor_rows, score_gain
+from lowbit.quant.score_gain import is_score_matrix, quantize_at_gain, quantize_tensor_rows, score_gain
 
 from .perplexity import chunk_tokens
 
@@ -160,13 +160,17 @@ def _encode_matrix(name: str, w: np.ndarray, qtype, hf: np.ndarray, n_fit: int, 
     encodes it) and, with gptq, with feedback through hf (a query or key matrix's rows first
     taken to the gain plain encoding gives them: score_gain.py); the one with the lower output
     error over the held-out inputs hh (H or InputRows), and the report."""
-    plain = quantize_tensor_rows(name, w, qtype, imp)
+    target = w
+    if is_score_matrix(name):   # plain encoding and the feedback both take the rows at their gain
+        plain = quantize(w, qtype, imp)
+        gain = score_gain(w, plain, qtype, imp)
+        plain = quantize_at_gain(w, plain, gain, qtype, imp)
+        target = (w * gain[:, None]).astype(np.float32)
+    else:
+        plain = quantize_tensor_rows(name, w, qtype, imp)
     e_plain = output_error(w, plain, qtype, hh)
     if not gptq:
         return MatrixReport(name, qtype.name, e_plain, e_plain, "plain"), plain
-    target = w
-    if is_score_matrix(name):   # query and key rows at their gain, as plain encoding puts them
-        target = (w * score_gain(w, quantize(w, qtype, imp), qtype, imp)[:, None]).astype(np.float32)
     improved = gptq_quantize(target, qtype, hf, n_fit, importance=imp, damp=damp)
     e_gptq = output_error(w, improved, qtype, hh)
     kept = "gptq" if e_gptq < e_plain else "plain"
