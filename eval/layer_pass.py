@@ -115,7 +115,8 @@ class HeldOutInputs:
         self.per_token = per_token
 
     def add(self, name: str, x: np.ndarray) -> None:
-        self.rows.append(_token_scaled(np.array(x, dtype=np.float32), self.per_token))
+        x = np.asarray(x, dtype=np.float32)   # the model reuses its buffers: keep a copy
+        self.rows.append(_token_scaled(x, True) if self.per_token else x.copy())
 
     @cached_property
     def h(self):

@@ -98,12 +98,18 @@ def fold(group: ScaleGroup, tensors: dict[str, np.ndarray], cols: np.ndarray, ro
             tensors[bias] = (tensors[bias] / rows).astype(np.float32)
 
 
+def scaled_importance(s: np.ndarray, importance: np.ndarray | None) -> np.ndarray | None:
+    """imp / s^2: the importance of a matrix's columns once they are scaled by s."""
+    inv = 1.0 / s
+    return None if importance is None else (importance * inv * inv).astype(np.float32)
+
+
 def scaled_statistics(s: np.ndarray, h, importance: np.ndarray | None):
     """(S^-1 H S^-1, imp / s^2): a matrix's input statistics once its columns are scaled by s
     (h: H, or the InputRows X it sums, which become X S^-1)."""
     inv = 1.0 / s
     scaled = InputRows(h.x * inv.astype(np.float32)) if isinstance(h, InputRows) else h * inv[:, None] * inv[None, :]
-    return scaled, None if importance is None else (importance * inv * inv).astype(np.float32)
+    return scaled, scaled_importance(s, importance)
 
 
 def search_alpha(mats: list[tuple[str, np.ndarray, QuantType, np.ndarray | None]], h: np.ndarray,
@@ -119,8 +125,7 @@ def search_alpha(mats: list[tuple[str, np.ndarray, QuantType, np.ndarray | None]
         for name, w, qtype, imp in mats:
             rows = w[np.linspace(0, w.shape[0] - 1, min(n_rows, w.shape[0])).astype(int)]
             ws = (rows * s).astype(np.float32)
-            imps = None if imp is None else (imp * (1.0 / s) * (1.0 / s)).astype(np.float32)
-            q = dequantize(quantize_tensor_rows(name, ws, qtype, imps), qtype, ws.shape)
+            q = dequantize(quantize_tensor_rows(name, ws, qtype, scaled_importance(s, imp)), qtype, ws.shape)
             # (W S - Q) S^-1 H S^-1 (W S - Q)^T, without forming the scaled H
             total += quadratic_error(rows - q / s, h)
         errors[alpha] = total

@@ -230,6 +230,16 @@ def largest_and_energy(x, w, s, n):
     return big, sxx
 
 
+@njit(inline="always")
+def signed_scan_step(c, nstep, qlo, qhi):
+    """The code the largest |x| takes at scan step c of fit_signed: steps 0..nstep move it from
+    one below |qlo| toward qlo, steps nstep+1.. from one below qhi toward qhi (the ends are
+    unequal, so both signs are tried)."""
+    end = qlo if c <= nstep else qhi
+    k = c if c <= nstep else c - nstep - 1
+    return (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+
+
 @njit
 def fit_signed(x, w, s, n, qlo, qhi, nstep, L):
     """Best scale a for one sub-block: the largest |x| is put near either end of the range
@@ -242,10 +252,8 @@ def fit_signed(x, w, s, n, qlo, qhi, nstep, L):
     best = np.inf
     best_a = float(big / np.float32(qlo))
     code_inv = 1.0 / best_a
-    for c in range(2 * (nstep + 1)):          # steps 0..nstep toward qlo, then toward qhi
-        end = qlo if c <= nstep else qhi
-        k = c if c <= nstep else c - nstep - 1
-        a = float(big) / (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+    for c in range(2 * (nstep + 1)):
+        a = float(big) / signed_scan_step(c, nstep, qlo, qhi)
         for _ in range(LLOYD_ROUNDS):
             inv = 1.0 / a
             sxl, sl2 = signed_sums(x, w, s, n, inv, qlo, qhi)

@@ -23,7 +23,7 @@ from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
 from .fits import (LLOYD_ROUNDS, SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine,
-                   grid_code, repeats_a_start, signed_error, signed_super_starts, super_scale)
+                   grid_code, repeats_a_start, signed_error, signed_scan_step, signed_super_starts, super_scale)
 
 
 @njit(inline="always")
@@ -288,10 +288,10 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
 def signed_scratch(nsub, sub):
     """The work arrays of _encode_signed_block, made once per call of an encoder: the
     transposed block and weights, 10 rows of per-sub-block float64 values, 3 of float32
-    errors, 2 of int32 codes and a row of flags."""
+    errors, 3 of int32 codes and a row of flags."""
     return (np.empty((sub, nsub), np.float32), np.empty((sub, nsub), np.float32),
             np.empty((10, nsub), np.float64), np.empty((3, nsub), np.float32),
-            np.empty((2, nsub), np.int32), np.empty(nsub, np.bool_))
+            np.empty((3, nsub), np.int32), np.empty(nsub, np.bool_))
 
 
 @njit(fastmath=SCAN_MATH, error_model="numpy")
@@ -340,10 +340,8 @@ def _fit_signed_lanes(xt, wt, qlo, qhi, nstep, rows, live):
         best[j] = np.inf
         ideal[j] = float(np.float32(big[j]) / np.float32(qlo))
         code_inv[j] = 1.0 / ideal[j] if big[j] != 0 else 0.0
-    for c in range(2 * (nstep + 1)):          # steps 0..nstep toward qlo, then toward qhi
-        end = qlo if c <= nstep else qhi
-        k = c if c <= nstep else c - nstep - 1
-        step = (abs(end) - 1.0 + 2.0 * k / nstep) * (1.0 if end > 0 else -1.0)
+    for c in range(2 * (nstep + 1)):
+        step = signed_scan_step(c, nstep, qlo, qhi)
         n_live = 0
         for j in range(nsub):
             a[j] = big[j] / step
@@ -386,11 +384,12 @@ def _pick_signed_lanes(xt, wt, qlo, qhi, slo, shi, d, ideal, sc, errs, codes, ro
     sub, nsub = xt.shape
     lo = np.float32(qlo)
     hi = np.float32(qhi)
-    c0 = codes[0]
+    c0, nc = codes[0], codes[2]
     ak, iak, q, p = rows[0], rows[1], rows[2], rows[3]
     for j in range(nsub):
         r = clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
         c0[j] = max(slo, r - 1)
+        nc[j] = min(shi, r + 1) - c0[j] + 1       # the candidates that exist (2 at an end, else 3)
     for k in range(3):
         e = errs[k]
         for j in range(nsub):
@@ -404,9 +403,8 @@ def _pick_signed_lanes(xt, wt, qlo, qhi, slo, shi, d, ideal, sc, errs, codes, ro
                 e[j] += wt[i, j] * r * r
     total = np.float32(0.0)
     for j in range(nsub):
-        r = clamp_round(ideal[j] / d, slo, shi) if d != 0 else 0
         best = np.float32(np.inf)
-        for k in range(min(shi, r + 1) - c0[j] + 1):
+        for k in range(nc[j]):
             if errs[k, j] < best:
                 best = errs[k, j]
                 sc[j] = c0[j] + k
