@@ -145,10 +145,37 @@ LLOYD_ROUNDS = 4    # least-squares fit and requantization rounds per scanned st
 
 
 @njit
-def fit_affine(x, w, s, n, nmax, L):
+def affine_scratch():
+    """fit_affine's work array: per scanned step its size, the inverse and the sums of its codes
+    (sum w L, sum w L^2, sum w x L)."""
+    return np.empty((5, AFFINE_STEPS + 1), np.float64)
+
+
+@njit(fastmath=SCAN_MATH, error_model="numpy")
+def _affine_sums_per_step(x, w, s, n, b, nmax, inv, sl, sl2, sxl):
+    """affine_sums for every scanned step at once: the weights outside, the steps inside, so
+    that the steps run across vector lanes (one sub-block's 16 or 32 weights are too few to)."""
+    top = float(nmax)
+    for k in range(inv.shape[0]):
+        sl[k] = sl2[k] = sxl[k] = 0.0
+    for i in range(s, s + n):
+        xi = x[i]
+        wi = w[i]
+        for k in range(inv.shape[0]):
+            l = grid_code((xi + b) * inv[k], 0.0, top)
+            wl = wi * l
+            sl[k] += wl
+            sl2[k] += wl * l
+            sxl[k] += wl * xi
+
+
+@njit
+def fit_affine(x, w, s, n, nmax, L, scratch):
     """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
     squares for the quants, requantize with the fit, until the error stops falling). The codes
-    of the best fit go into L: they are made once, at the end, from the step that gave them."""
+    of the best fit go into L: they are made once, at the end, from the step that gave them.
+    Every step's first requantization starts from the same min, so those are made together
+    (_affine_sums_per_step); the refinements that follow an improvement run one at a time."""
     sw, sx, sxx, xmin, xmax = _moments(x, w, s, n)
     if xmax <= xmin:
         L[s:s + n] = 0
@@ -157,14 +184,24 @@ def fit_affine(x, w, s, n, nmax, L):
     best_a = float((xmax - xmin) / nmax)
     best_b = float(-xmin)
     code_inv, code_b = 1.0 / best_a, best_b
+    steps, invs, sl, sl2, sxl = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
     for k in range(AFFINE_STEPS + 1):
         # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-        a = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / AFFINE_STEPS)
+        steps[k] = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / AFFINE_STEPS)
+        invs[k] = 1.0 / steps[k]
+    _affine_sums_per_step(x, w, s, n, -float(xmin), nmax, invs, sl, sl2, sxl)
+    for k in range(AFFINE_STEPS + 1):
+        if k > 0 and sl[k] == sl[k - 1] and sl2[k] == sl2[k - 1] and sxl[k] == sxl[k - 1]:
+            continue    # the same codes as the step before: its fit, no better than the best
+        a = steps[k]
         b = -float(xmin)
-        for _ in range(LLOYD_ROUNDS):
-            inv = 1.0 / a
-            sl, sl2, sxl = affine_sums(x, w, s, n, inv, b, nmax)
-            a_new, b_new, err = affine_lsq(sw, sx, sxx, sl, sl2, sxl)
+        inv = invs[k]
+        sums = (sl[k], sl2[k], sxl[k])
+        for r in range(LLOYD_ROUNDS):
+            if r > 0:
+                inv = 1.0 / a
+                sums = affine_sums(x, w, s, n, inv, b, nmax)
+            a_new, b_new, err = affine_lsq(sw, sx, sxx, sums[0], sums[1], sums[2])
             if a_new <= 0 or err >= best:
                 break
             best, best_a, best_b = err, a_new, b_new

@@ -22,8 +22,8 @@ from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
-from .fits import (LLOYD_ROUNDS, SCAN_MATH, affine_error, block_weights, clamp_round, favour_large, fit_affine,
-                   grid_code, repeats_a_start, signed_error, signed_scan_step, signed_super_starts, super_scale)
+from .fits import (LLOYD_ROUNDS, SCAN_MATH, affine_error, affine_scratch, block_weights, clamp_round, favour_large,
+                   fit_affine, grid_code, repeats_a_start, signed_error, signed_scan_step, signed_super_starts, super_scale)
 
 
 @njit(inline="always")
@@ -232,8 +232,9 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
     ideal_a = np.empty(nsub, np.float64)
     ideal_b = np.empty(nsub, np.float64)
     amax = bmax = 0.0
+    scratch = affine_scratch()
     for j in range(nsub):
-        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L)
+        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, scratch)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
     wl2 = np.empty(nsub, np.float64)

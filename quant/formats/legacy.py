@@ -15,7 +15,7 @@ from ..bits import f16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u32, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16, negated_f16, nibbles32
-from .fits import affine_error, affine_lsq, block_weights, fit_affine, fit_signed, signed_error
+from .fits import affine_error, affine_scratch, affine_lsq, block_weights, fit_affine, fit_signed, signed_error
 
 
 @njit(inline="always")
@@ -124,7 +124,7 @@ def _signed_block(xb, w, qlo, qhi, L, Lt):
 @njit
 def _affine_block(xb, w, nmax, L, Lt):
     """x ~ d*L + m, L in [0, nmax], m <= 0: quants into L; returns the f16-rounded (d, m)."""
-    a, b = fit_affine(xb, w, 0, 32, nmax, L)
+    a, b = fit_affine(xb, w, 0, 32, nmax, L, affine_scratch())
     best_d, best_m = round_to_f16(a), round_to_f16(-b)
     best = affine_error(xb, w, 0, 32, best_d, -best_m, nmax, L)
     sw = sx = sxx = 0.0
