@@ -28,11 +28,17 @@ def _rows_decoder(qtype: QuantType):
     return decode_rows
 
 
-def dequantize(raw: np.ndarray, qtype: QuantType, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode the bytes of a tensor of `qtype` with numpy shape `shape` into float32."""
+def dequantize(raw: np.ndarray, qtype: QuantType, shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+    """Decode the bytes of a tensor of `qtype` with numpy shape `shape` into float32 (into `out`,
+    a C-contiguous float32 array of that many values, if given: reused, its pages are not faulted
+    in again)."""
     n_cols = shape[-1]
     n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
     rows = as_block_rows(raw, qtype, n_rows, n_cols)
-    out = np.empty((n_rows, n_cols), dtype=np.float32)
+    if out is None:
+        out = np.empty((n_rows, n_cols), dtype=np.float32)
+    elif out.dtype != np.float32 or out.size != n_rows * n_cols or not out.flags.c_contiguous:
+        raise ValueError(f"dequantize needs a contiguous float32 buffer of {n_rows * n_cols} values")
+    out = out.reshape(n_rows, n_cols)
     _rows_decoder(qtype)(rows, qtype.decode_chunk(n_cols), out)
     return out.reshape(shape)

@@ -15,6 +15,7 @@ import numpy as np
 
 
 from .decode import dequantize
+from .encode import all_finite
 from .errors import LowbitError
 from .gguffile import GGUFFile, release_mapped_pages
 from .imatrix import ImportanceMatrix
@@ -119,7 +120,21 @@ def _is_embd_or_output(name: str) -> bool:
     return name in ("token_embd.weight", "output.weight")
 
 
-def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None = None):
+class RowBuffer:
+    """The float32 rows one chunk is decoded into, kept from chunk to chunk and tensor to tensor:
+    a fresh 16 MiB array per chunk costs the kernel a page fault and a zeroed page per 4 KiB."""
+
+    def __init__(self):
+        self._flat = np.empty(0, np.float32)
+
+    def rows(self, n_rows: int, n_cols: int) -> np.ndarray:
+        if self._flat.size < n_rows * n_cols:
+            self._flat = np.empty(n_rows * n_cols, np.float32)
+        return self._flat[:n_rows * n_cols].reshape(n_rows, n_cols)
+
+
+def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None = None,
+             buffer: RowBuffer | None = None):
     """The tensor's bytes, a chunk of rows at a time: copied, encoded here, or (`encoded`) read
     from a .npy file of bytes an earlier pass made (eval/layer_pass.py)."""
     t = src.tensors[choice.name]
@@ -144,13 +159,15 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
             if copy:
                 yield part
             else:
-                rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols))
-                if not np.isfinite(rows).all():
+                rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols),
+                                  out=buffer.rows(part.shape[0], t.n_cols) if buffer else None)
+                # the encoders refuse non-finite weights themselves; F32 rows are not encoded
+                if choice.qtype.name == "F32" and not all_finite(rows):
                     raise QuantizeError(f"{src.path.name}: tensor {choice.name} holds NaN or infinite weights")
                 try:
                     out = rows if choice.qtype.name == "F32" else quantize_tensor_rows(choice.name, rows, choice.qtype, imp)
                 except ValueError as e:   # weights or importance unfit for encoding
-                    raise QuantizeError(f"tensor {choice.name}: {e}") from None
+                    raise QuantizeError(f"{src.path.name}: tensor {choice.name}: {e}") from None
                 yield out
             release_mapped_pages(part)   # written: its pages of the source may go
             if progress:
@@ -189,9 +206,10 @@ def quantize_model(src: GGUFFile, out_path: str | Path, opts: PlanOptions,
     check_plan(src, choices, opts, im, allow_requantize)
     summary = QuantizeSummary(choices, sum(src.tensors[c.name].n_elements for c in choices), 0)
     specs = []
+    buffer = RowBuffer()   # the tensors are written one after the other: one buffer serves all
     for c in choices:
         t = src.tensors[c.name]
-        spec = TensorSpec(c.name, t.shape, c.qtype, _produce(src, c, im, progress, (encoded or {}).get(c.name)))
+        spec = TensorSpec(c.name, t.shape, c.qtype, _produce(src, c, im, progress, (encoded or {}).get(c.name), buffer))
         specs.append(spec)
         summary.n_bytes += spec.n_bytes
         summary.type_counts[c.qtype.name] = summary.type_counts.get(c.qtype.name, 0) + 1

@@ -22,9 +22,11 @@ those tried for IQ3_XXS's query and key matrices).
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from .decode import dequantize
 from .encode import quantize
+from .jit_cache import cached_kernel
 from .types import QuantType
 
 SCORE_KINDS = ("attn_q.weight", "attn_k.weight")
@@ -37,13 +39,28 @@ def is_score_matrix(name: str) -> bool:
     return name.startswith("blk.") and name.split(".", 2)[-1] in SCORE_KINDS
 
 
+@cached_kernel(parallel=True, fastmath={"reassoc"})
+def _gain_sums(x, q, w, qx, qq):
+    """Per row, <q,x>_w and <q,q>_w in float64 (w empty: all ones)."""
+    for r in prange(x.shape[0]):
+        a = 0.0
+        b = 0.0
+        for i in range(x.shape[1]):
+            wq = float(q[r, i]) * (float(w[i]) if w.shape[0] else 1.0)
+            a += wq * float(x[r, i])
+            b += wq * float(q[r, i])
+        qx[r] = a
+        qq[r] = b
+
+
 def least_squares_gain(rows: np.ndarray, q: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
     """Per row, the factor g minimising sum w (x - g q)^2: <q,x>_w / <q,q>_w (1 where undefined)."""
-    x = rows.astype(np.float64)
-    y = q.astype(np.float64)
-    w = np.ones(x.shape[1]) if importance is None else np.asarray(importance, np.float64)
-    qx = (w * y * x).sum(1)
-    qq = (w * y * y).sum(1)
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    y = np.ascontiguousarray(q, dtype=np.float32)
+    w = np.zeros(0, np.float32) if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    qx = np.empty(x.shape[0])
+    qq = np.empty(x.shape[0])
+    _gain_sums(x, y, w, qx, qq)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = qx / qq
     ok = np.isfinite(g) & (g > GAIN_LIMITS[0]) & (g < GAIN_LIMITS[1])
