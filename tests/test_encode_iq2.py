@@ -192,3 +192,24 @@ def test_zero_subblocks_and_zero_importance(name, rng):
     q = dequantize(quantize(x, qtype, imp), qtype, x.shape)
     assert np.isfinite(q).all()
     np.testing.assert_array_less(np.abs(q[:, 64:128] - x[:, 64:128]), 0.5)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_pruned_exact_search_equals_the_plain_scan(name):
+    """The exact search that skips first quads by a bound finds what the scan of every grid point
+    in index order finds, ties included (equal errors are made likely by repeated magnitudes)."""
+    lev, quads, _, _, _, by_first, first_start, _ = BOOKS[name].tables()
+    rng = np.random.default_rng(11)
+    qc, qm = np.empty((2, 81)), np.empty((2, 81))
+    pc, pm = np.empty((2, 9)), np.empty((2, 9))
+    for trial in range(400):
+        a = np.abs(rng.standard_t(4, 8)).astype(np.float32) * 0.02
+        w = (rng.gamma(1.0, 1.0, 8) + 0.01) if trial % 3 else np.ones(8)
+        if trial % 2 == 0:         # mirrored quads: points (u, v) and (v, u) tie
+            a[4:] = a[:4]
+            w[4:] = w[:4]
+        c = np.float32(a.max() / 40 * rng.uniform(0.7, 1.3))
+        for odd in (False, True):
+            plain = iq2.exact_group(a, w, 0, odd, c, lev, quads, qc, qm, pc, pm, by_first, first_start, False)
+            pruned = iq2.exact_group(a, w, 0, odd, c, lev, quads, qc, qm, pc, pm, by_first, first_start, True)
+            assert pruned == plain, (trial, odd)
