@@ -112,7 +112,7 @@ def block_weights(imp, b, name, row):
     imp = np.zeros(0, np.float32) if imp is None else imp
     fits.block_weights(row, imp, b * 256, 256, w)
     if name in SPREAD:
-        fits.favour_large(row, imp, b * 256, 256, w, SPREAD[name])
+        fits.favour_large(row, b * 256, 256, w, SPREAD[name])
     return w
 
 

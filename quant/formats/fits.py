@@ -5,7 +5,7 @@ Two shapes of grid:
   * affine: x ~ a*L - b with L in [0, nmax] and b >= 0 (Q4_1, Q5_1; sub-blocks of Q2_K/Q4_K/Q5_K);
   * signed: x ~ a*L with L in [qlo, qhi] and a of either sign (Q4_0, Q5_0; Q3_K/Q6_K sub-blocks).
 Every fit minimises sum_i w_i (x_i - value_i)^2 over the group x[s:s+n]; w is the importance
-(the error that counts; for Q2_K and Q3_K times favour_large's factor), or 1 without importance.
+(the error that counts), or 1 without importance; for Q2_K and Q3_K either times favour_large's factor.
 """
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ def block_weights(x, imp, o, n, w):
 
 
 @njit(inline="always")
-def favour_large(x, imp, o, n, w, spread):
-    """With an importance, multiply the weights of block x[o:o+n] by sqrt(spread * mean(x^2) +
-    x^2), so that large weights count more. Fitted by the importance alone, the 2- and 3-bit
-    K-quant rows come out shrunk toward zero (projection 0.94 where ggml's are at 0.96;
-    docs/encoders.md); weighed this way they are not."""
-    if imp.shape[0] == 0:
-        return
+def favour_large(x, o, n, w, spread):
+    """Multiply the weights of block x[o:o+n] (the importance, or ones) by sqrt(spread *
+    mean(x^2) + x^2), so that large weights count more. Fitted by the importance alone, the 2-
+    and 3-bit K-quant rows come out shrunk toward zero (projection 0.94 where ggml's are at 0.96;
+    docs/encoders.md); weighed this way they are not. Without an importance the same holds
+    (Qwen2.5-Coder-1.5B's Q2_K rows 0.93 unweighted -> 0.96, its Q2_K preset's KLD 0.390 ->
+    0.336, llama-quantize's 0.371)."""
     s2 = np.float32(0.0)
     for i in range(n):
         s2 += x[o + i] * x[o + i]

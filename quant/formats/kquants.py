@@ -541,7 +541,7 @@ def encode_q5_k(x, imp, out):
     _encode_q45_k(x, imp, out, 31, 176)
 
 
-# With an importance, Q2_K and Q3_K weigh each error by it times sqrt(spread * mean(x^2) + x^2)
+# Q2_K and Q3_K weigh each error by the importance (or 1) times sqrt(spread * mean(x^2) + x^2)
 # (fits.favour_large; the spreads are ggml's for these types). Q4_K and up are not shrunk.
 Q2K_SPREAD = 1.0
 Q3K_SPREAD = 2.0
@@ -556,7 +556,7 @@ def encode_q2_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 84
         block_weights(x, imp, b * 256, 256, w)
-        favour_large(x, imp, b * 256, 256, w, Q2K_SPREAD)
+        favour_large(x, b * 256, 256, w, Q2K_SPREAD)
         d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L)
         _zero(out, o, 84)
         for j in range(16):
@@ -581,7 +581,7 @@ def encode_q3_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 110
         block_weights(x, imp, b * 256, 256, w)
-        favour_large(x, imp, b * 256, 256, w, Q3K_SPREAD)
+        favour_large(x, b * 256, 256, w, Q3K_SPREAD)
         d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, sc, L, scratch)
         _zero(out, o, 110)
         for i in range(256):
