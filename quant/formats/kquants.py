@@ -226,15 +226,15 @@ def _sub_weights(w, nsub, sub, L, wl2, wsum):
 
 
 @njit
-def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L):
-    """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin)."""
+def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L, fit_work):
+    """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin).
+    fit_work: fits.affine_scratch's."""
     n = nsub * sub
     ideal_a = np.empty(nsub, np.float64)
     ideal_b = np.empty(nsub, np.float64)
     amax = bmax = 0.0
-    scratch = affine_scratch()
     for j in range(nsub):
-        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, scratch)
+        ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, fit_work)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
     wl2 = np.empty(nsub, np.float64)
@@ -515,11 +515,12 @@ def _encode_q45_k(x, imp, out, nmax, block_bytes):
     sc = np.empty(8, np.int32)
     mn = np.empty(8, np.int32)
     L = np.empty(256, np.int32)
+    fit_work = affine_scratch()
     for b in range(x.shape[0] // 256):
         o = b * block_bytes
         xb = x[b * 256:b * 256 + 256]
         block_weights(x, imp, b * 256, 256, w)
-        d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L)
+        d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L, fit_work)
         _zero(out, o, block_bytes)
         put_f16(out, o, d)
         put_f16(out, o + 2, dm)
@@ -553,11 +554,12 @@ def encode_q2_k(x, imp, out):
     sc = np.empty(16, np.int32)
     mn = np.empty(16, np.int32)
     L = np.empty(256, np.int32)
+    fit_work = affine_scratch()
     for b in range(x.shape[0] // 256):
         o = b * 84
         block_weights(x, imp, b * 256, 256, w)
         favour_large(x, b * 256, 256, w, Q2K_SPREAD)
-        d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L)
+        d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L, fit_work)
         _zero(out, o, 84)
         for j in range(16):
             out[o + j] = np.uint8(sc[j] | (mn[j] << 4))

@@ -122,9 +122,10 @@ def _signed_block(xb, w, qlo, qhi, L, Lt):
 
 
 @njit
-def _affine_block(xb, w, nmax, L, Lt):
-    """x ~ d*L + m, L in [0, nmax], m <= 0: quants into L; returns the f16-rounded (d, m)."""
-    a, b = fit_affine(xb, w, 0, 32, nmax, L, affine_scratch())
+def _affine_block(xb, w, nmax, L, Lt, fit_work):
+    """x ~ d*L + m, L in [0, nmax], m <= 0: quants into L; returns the f16-rounded (d, m).
+    fit_work: affine_scratch's."""
+    a, b = fit_affine(xb, w, 0, 32, nmax, L, fit_work)
     best_d, best_m = round_to_f16(a), round_to_f16(-b)
     best = affine_error(xb, w, 0, 32, best_d, -best_m, nmax, L)
     sw = sx = sxx = 0.0
@@ -173,13 +174,14 @@ def _encode_legacy(x, imp, out, bits, affine):
     w = np.empty(32, np.float32)
     L = np.empty(32, np.int32)
     Lt = np.empty(32, np.int32)
+    fit_work = affine_scratch()
     for b in range(x.shape[0] // 32):
         o = b * block_bytes
         xb = x[b * 32:b * 32 + 32]
         block_weights(x, imp, b * 32, 32, w)
         at = o + 2
         if affine:
-            d, m = _affine_block(xb, w, 2 * half - 1, L, Lt)
+            d, m = _affine_block(xb, w, 2 * half - 1, L, Lt, fit_work)
             put_f16(out, o, d)
             put_f16(out, o + 2, m)
             offset = 0
