@@ -35,11 +35,10 @@ import numpy as np
 
 from lowbit.quant import awq
 from lowbit.quant.decode import dequantize
-from lowbit.quant.encode import quantize
 from lowbit.quant.errors import LowbitError
 from lowbit.quant.gptq import InputRows, gptq_quantize, output_error
 from lowbit.quant.imatrix import ImportanceMatrix
-from lowbit.quant.score_gain import is_score_matrix, quantize_at_gain, quantize_tensor_rows, score_gain
+from lowbit.quant.score_gain import encode_at_gain, is_score_matrix, quantize_tensor_rows
 
 from .perplexity import chunk_tokens
 
@@ -163,9 +162,7 @@ def _encode_matrix(name: str, w: np.ndarray, qtype, hf: np.ndarray, n_fit: int, 
     error over the held-out inputs hh (H or InputRows), and the report."""
     target = w
     if is_score_matrix(name):   # plain encoding and the feedback both take the rows at their gain
-        plain = quantize(w, qtype, imp)
-        gain = score_gain(w, plain, qtype, imp)
-        plain = quantize_at_gain(w, plain, gain, qtype, imp)
+        plain, gain = encode_at_gain(w, qtype, imp)
         target = (w * gain[:, None]).astype(np.float32)
     else:
         plain = quantize_tensor_rows(name, w, qtype, imp)

@@ -122,7 +122,9 @@ def _is_embd_or_output(name: str) -> bool:
 
 class RowBuffer:
     """The float32 rows one chunk is decoded into, kept from chunk to chunk and tensor to tensor:
-    a fresh 16 MiB array per chunk costs the kernel a page fault and a zeroed page per 4 KiB."""
+    a fresh 16 MiB array per chunk costs the kernel a page fault and a zeroed page per 4 KiB.
+    (The writer takes each chunk before the next is decoded, so F32 rows may be yielded as they
+    are.)"""
 
     def __init__(self):
         self._flat = np.empty(0, np.float32)
@@ -133,8 +135,8 @@ class RowBuffer:
         return self._flat[:n_rows * n_cols].reshape(n_rows, n_cols)
 
 
-def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None = None,
-             buffer: RowBuffer | None = None):
+def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progress, encoded: Path | None,
+             buffer: RowBuffer):
     """The tensor's bytes, a chunk of rows at a time: copied, encoded here, or (`encoded`) read
     from a .npy file of bytes an earlier pass made (eval/layer_pass.py)."""
     t = src.tensors[choice.name]
@@ -159,8 +161,7 @@ def _produce(src: GGUFFile, choice: Choice, im: ImportanceMatrix | None, progres
             if copy:
                 yield part
             else:
-                rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols),
-                                  out=buffer.rows(part.shape[0], t.n_cols) if buffer else None)
+                rows = dequantize(part, t.qtype, (part.shape[0], t.n_cols), out=buffer.rows(part.shape[0], t.n_cols))
                 # the encoders refuse non-finite weights themselves; F32 rows are not encoded
                 if choice.qtype.name == "F32" and not all_finite(rows):
                     raise QuantizeError(f"{src.path.name}: tensor {choice.name} holds NaN or infinite weights")

@@ -74,26 +74,20 @@ def score_gain(rows: np.ndarray, first: np.ndarray, qtype: QuantType, importance
     return gain ** GAIN_POWER.get(qtype.family, 1.0)
 
 
-def quantize_at_gain(rows: np.ndarray, first: np.ndarray, gain: np.ndarray, qtype: QuantType,
-                     importance: np.ndarray | None) -> np.ndarray:
-    """rows encoded at their gains: the rows of the plain encoding `first` whose gain differs
-    from 1 encoded again, multiplied by it (first is updated in place and returned)."""
+def encode_at_gain(rows: np.ndarray, qtype: QuantType, importance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode rows (n_rows, n_cols) as qtype, each row at its score_gain: the bytes and the
+    gains. Rows whose gain is within GAIN_TOLERANCE of 1 keep their first encoding."""
+    first = quantize(rows, qtype, importance)
+    gain = score_gain(rows, first, qtype, importance)
     again = np.abs(gain - 1.0) > GAIN_TOLERANCE
     if again.any():
         first[again] = quantize((rows[again] * gain[again, None]).astype(np.float32), qtype, importance)
-    return first
-
-
-def quantize_at_least_squares_gain(rows: np.ndarray, qtype: QuantType,
-                                   importance: np.ndarray | None) -> np.ndarray:
-    """Encode rows (n_rows, n_cols) as qtype, each row at its score_gain."""
-    first = quantize(rows, qtype, importance)
-    return quantize_at_gain(rows, first, score_gain(rows, first, qtype, importance), qtype, importance)
+    return first, gain
 
 
 def quantize_tensor_rows(name: str, rows: np.ndarray, qtype: QuantType,
                          importance: np.ndarray | None) -> np.ndarray:
     """The rows of the tensor `name`, encoded as that kind of matrix is."""
     if is_score_matrix(name):
-        return quantize_at_least_squares_gain(rows, qtype, importance)
+        return encode_at_gain(rows, qtype, importance)[0]
     return quantize(rows, qtype, importance)

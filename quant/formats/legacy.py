@@ -15,7 +15,7 @@ from ..bits import f16, u32
 from ..encode_helpers import nearest_int, put_f16, put_u32, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16, negated_f16, nibbles32
-from .fits import affine_error, affine_scratch, affine_lsq, block_weights, fit_affine, fit_signed, signed_error
+from .fits import affine_error, affine_lsq, affine_scratch, block_weights, fit_affine, fit_signed, signed_error
 
 
 @njit(inline="always")
