@@ -25,7 +25,7 @@ KQUANTS = [by_name(n) for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")]
 # (sub-blocks, their size, quant max, scale code max) of the affine types
 AFFINE = {"Q2_K": (16, 16, 3, 15), "Q4_K": (8, 32, 15, 63), "Q5_K": (8, 32, 31, 63)}
 # (quant range, scale code range, scan length) of the signed types
-SIGNED = {"Q3_K": (-4, 3, -32, 31, K.Q3K_SCAN), "Q6_K": (-32, 31, -128, 127, K.Q6K_SCAN)}
+SIGNED = {"Q3_K": (-4, 3, -32, 31, K.Q3K_SCAN, K.Q3K_STARTS), "Q6_K": (-32, 31, -128, 127, K.Q6K_SCAN, K.Q6K_STARTS)}
 
 
 @njit
@@ -124,6 +124,7 @@ def test_affine_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
     rows, imp = real_looking_rows(rng, 2, 512)
     rows[1, :256] = np.abs(rows[1, :256]) + 0.01  # a block with no negative weight
     imp = imp if with_imatrix else None
+    search = K.FULL_SEARCH if name != "Q2_K" or with_imatrix else K.SHORT_SEARCH
     decoded = dequantize(quantize(rows, qtype, imp), qtype, rows.shape)
     for r in range(rows.shape[0]):
         for b in range(rows.shape[1] // 256):
@@ -132,7 +133,7 @@ def test_affine_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             mn = np.empty(nsub, np.int32)
             L = np.empty(256, np.int32)
             d, dm = K._encode_affine_block(x, block_weights(imp, b, name, rows[r]), nsub, sub, nmax, smax,
-                                           sc, mn, L, fits.affine_scratch())
+                                           sc, mn, L, fits.affine_scratch(), search)
             assert d == np.float16(d) and dm == np.float16(dm) and d >= 0 and dm >= 0
             assert sc.min() >= 0 and sc.max() <= smax and mn.min() >= 0 and mn.max() <= smax
             assert L.min() >= 0 and L.max() <= nmax
@@ -145,7 +146,7 @@ def test_affine_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
 @pytest.mark.parametrize("name", list(SIGNED))
 @pytest.mark.parametrize("with_imatrix", [True, False])
 def test_signed_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rng):
-    qlo, qhi, slo, shi, scan = SIGNED[name]
+    qlo, qhi, slo, shi, scan, starts = SIGNED[name]
     qtype = by_name(name)
     rows, imp = real_looking_rows(rng, 2, 512)
     imp = imp if with_imatrix else None
@@ -156,7 +157,7 @@ def test_signed_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             sc = np.empty(16, np.int32)
             L = np.empty(256, np.int32)
             d = K._encode_signed_block(x, block_weights(imp, b, name, rows[r]), 16, 16, qlo, qhi, slo, shi,
-                                       scan, sc, L, K.signed_scratch(16, 16))
+                                       scan, starts, sc, L, K.signed_scratch(16, 16))
             assert d == np.float16(d)
             assert sc.min() >= slo and sc.max() <= shi and L.min() >= qlo and L.max() <= qhi
             values = (np.float32(d) * np.repeat(sc, 16).astype(np.float32)) * L.astype(np.float32)
@@ -167,7 +168,7 @@ def test_signed_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
 def test_side_by_side_signed_fits_equal_the_one_at_a_time_fit(name, rng):
     # The super-block's sub-blocks are fitted in vector lanes; each lane's result is the scale
     # fits.fit_signed finds for that sub-block alone (up to the order of its sums).
-    qlo, qhi, slo, shi, scan = SIGNED[name]
+    qlo, qhi, slo, shi, scan, starts = SIGNED[name]
     rows, imp = real_looking_rows(rng, 4, 512)
     rows[0, :16] = 0.0   # an all-zero sub-block
     scratch = K.signed_scratch(16, 16)

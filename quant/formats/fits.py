@@ -140,8 +140,8 @@ def _moments(x, w, s, n):
     return sw, sx, sxx, xmin, xmax
 
 
-AFFINE_STEPS = 24   # step sizes scanned per sub-block
-LLOYD_ROUNDS = 4    # least-squares fit and requantization rounds per scanned step
+AFFINE_STEPS = 24   # step sizes scanned per sub-block (at most; a search may ask for fewer)
+LLOYD_ROUNDS = 4    # least-squares fit and requantization rounds per scanned step (the same)
 
 
 @njit
@@ -170,9 +170,10 @@ def _affine_sums_per_step(x, w, s, n, b, nmax, inv, sl, sl2, sxl):
 
 
 @njit
-def fit_affine(x, w, s, n, nmax, L, scratch):
-    """Best (a, b) for one sub-block: a scan of step sizes, each refined Lloyd-style (least
-    squares for the quants, requantize with the fit, until the error stops falling). The codes
+def fit_affine(x, w, s, n, nmax, L, scratch, nsteps=AFFINE_STEPS, rounds=LLOYD_ROUNDS):
+    """Best (a, b) for one sub-block: a scan of nsteps + 1 step sizes (nsteps <= AFFINE_STEPS),
+    each refined Lloyd-style for up to `rounds` rounds (least squares for the quants, requantize
+    with the fit, until the error stops falling). The codes
     of the best fit go into L: they are made once, at the end, from the step that gave them.
     Every step's first requantization starts from the same min, so those are made together
     (_affine_sums_per_step); the refinements that follow an improvement run one at a time."""
@@ -185,19 +186,20 @@ def fit_affine(x, w, s, n, nmax, L, scratch):
     best_b = float(-xmin)
     code_inv, code_b = 1.0 / best_a, best_b
     steps, invs, sl, sl2, sxl = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
-    for k in range(AFFINE_STEPS + 1):
+    steps, invs = steps[:nsteps + 1], invs[:nsteps + 1]
+    for k in range(nsteps + 1):
         # step counts from nmax - 1 to nmax + 1.4 across the range, as ggml's make_qkx3 scans
-        steps[k] = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / AFFINE_STEPS)
+        steps[k] = (xmax - xmin) / (nmax - 1.0 + 2.4 * k / nsteps)
         invs[k] = 1.0 / steps[k]
     _affine_sums_per_step(x, w, s, n, -float(xmin), nmax, invs, sl, sl2, sxl)
-    for k in range(AFFINE_STEPS + 1):
+    for k in range(nsteps + 1):
         if k > 0 and sl[k] == sl[k - 1] and sl2[k] == sl2[k - 1] and sxl[k] == sxl[k - 1]:
             continue    # the same codes as the step before: its fit, no better than the best
         a = steps[k]
         b = -float(xmin)
         inv = invs[k]
         sums = (sl[k], sl2[k], sxl[k])
-        for r in range(LLOYD_ROUNDS):
+        for r in range(rounds):
             if r > 0:
                 inv = 1.0 / a
                 sums = affine_sums(x, w, s, n, inv, b, nmax)
