@@ -173,14 +173,20 @@ def fit_scale(a, w, at, units, thresholds, index_of, nb_start, nb):
 
 
 @njit
-def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx, io):
+def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx, io, base, bound):
     """With super-scale d, the 32 weights at `at` try the odd multiples of d nearest `scale`;
-    returns (error, k) of the best (multiple 2k+1), its grid indices in idx[io:io+8]."""
+    returns (error, k) of the best (multiple 2k+1; the lower k at a tie), its grid indices in
+    idx[io:io+8]. A candidate is dropped as soon as its error is above the best one's, or
+    base + its error reaches bound (the caller's total would then lose to its best); the error
+    is inf when every candidate was dropped so."""
     k0 = min(15, max(0, int(np.rint((scale / d - np.float32(1.0)) * np.float32(0.5)))))
     best_err = np.inf
     best_k = k0
     cand = np.empty(8, dtype=np.int32)
-    for k in range(max(0, k0 - 1), min(15, k0 + 1) + 1):
+    for c_k in range(3):   # the nearest multiple first: it is most often the best
+        k = k0 if c_k == 0 else (k0 - 1 if c_k == 1 else k0 + 1)
+        if k < 0 or k > 15:
+            continue
         s = d * np.float32(2 * k + 1)   # exactly the decoder's d*(0.5+k)/2 * grid/4 for IQ3_XXS
         inv_s = np.float32(1.0) / s
         err = 0.0
@@ -190,11 +196,16 @@ def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx
             for c in range(4):
                 diff = a[at + 4 * g + c] - s * units[j, c]
                 err += w[at + 4 * g + c] * diff * diff
-        if err < best_err:
-            best_err = err
-            best_k = k
-            for g in range(8):
-                idx[io + g] = cand[g]
+            # err only grows, and float addition is monotone: a candidate past either bound
+            # now stays past it
+            if err > best_err or base + err >= bound:
+                break
+        else:
+            if err < best_err or (err == best_err and k < best_k):
+                best_err = err
+                best_k = k
+                for g in range(8):
+                    idx[io + g] = cand[g]
     return best_err, best_k
 
 
@@ -287,9 +298,11 @@ def search_block(x, imp, at, parity, units, thresholds, index_of, nb_start, nb, 
         total = 0.0
         for ib in range(8):
             err, k = snap_at_d(a, w, 32 * ib, d, scales[ib], units, thresholds, index_of,
-                               nb_start, nb, cand_idx, 8 * ib)
+                               nb_start, nb, cand_idx, 8 * ib, total, best_total)
             cand_mult[ib] = k
             total += err
+            if total >= best_total:
+                break   # this d has lost already
         if total < best_total:
             best_total = total
             best_d = d
