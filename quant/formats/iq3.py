@@ -114,16 +114,26 @@ TRIAL_STEP = np.float32(1.5)
 D_FACTORS = np.array([0.99, 1.0125, 1.04], dtype=np.float32)
 
 
-@njit(inline="always")
-def snap_group(a, w, at, s, inv_s, units, thresholds, index_of, nb_start, nb):
-    """Grid index of the group a[at:at+4] at scale s, least error weighted by w."""
-    code = 0
-    for k in range(4):
-        t = a[at + k] * inv_s
+@njit
+def group_codes(a, at, inv_s, thresholds, levels, codes):
+    """The codes of the 8 groups of 4 weights at `at` at scale 1/inv_s: each weight's nearest
+    level index (3 bits each). The 32 weights are levelled into `levels` in one loop, across
+    vector lanes."""
+    for i in range(32):
+        t = a[at + i] * inv_s
         level = 0
         for b in range(7):
             level += t > thresholds[b]
-        code |= level << (3 * k)
+        levels[i] = level
+    for g in range(8):
+        codes[g] = (levels[4 * g] | (levels[4 * g + 1] << 3) | (levels[4 * g + 2] << 6)
+                    | (levels[4 * g + 3] << 9))
+
+
+@njit(inline="always")
+def snap_group(a, w, at, s, code, units, index_of, nb_start, nb):
+    """Grid index of the group a[at:at+4] at scale s, least error weighted by w; code: its
+    per-weight nearest levels (group_codes)."""
     j = index_of[code]
     if j >= 0:
         return j   # the per-weight nearest levels are on the grid: the exact optimum
@@ -141,8 +151,9 @@ def snap_group(a, w, at, s, inv_s, units, thresholds, index_of, nb_start, nb):
 
 
 @njit
-def fit_scale(a, w, at, units, thresholds, index_of, nb_start, nb):
-    """Best continuous scale (weighted least squares) for the 32 weights at `at`; 0 if all zero."""
+def fit_scale(a, w, at, units, thresholds, index_of, nb_start, nb, levels, codes):
+    """Best continuous scale (weighted least squares) for the 32 weights at `at`; 0 if all zero.
+    levels, codes: group_codes' work arrays."""
     amax = np.float32(0.0)
     for i in range(32):
         amax = max(amax, a[at + i])
@@ -157,11 +168,11 @@ def fit_scale(a, w, at, units, thresholds, index_of, nb_start, nb):
             s = best_scale   # one more round at the least-squares scale of the best trial
         else:
             break
-        inv_s = np.float32(1.0) / s
+        group_codes(a, at, np.float32(1.0) / s, thresholds, levels, codes)
         sumqx = 0.0
         sumq2 = 0.0
         for g in range(8):
-            j = snap_group(a, w, at + 4 * g, s, inv_s, units, thresholds, index_of, nb_start, nb)
+            j = snap_group(a, w, at + 4 * g, s, codes[g], units, index_of, nb_start, nb)
             for k in range(4):
                 q = units[j, k]
                 sumqx += w[at + 4 * g + k] * a[at + 4 * g + k] * q
@@ -173,25 +184,26 @@ def fit_scale(a, w, at, units, thresholds, index_of, nb_start, nb):
 
 
 @njit
-def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx, io, base, bound):
+def snap_at_d(a, w, at, d, scale, units, thresholds, index_of, nb_start, nb, idx, io, base, bound, work):
     """With super-scale d, the 32 weights at `at` try the odd multiples of d nearest `scale`;
     returns (error, k) of the best (multiple 2k+1; the lower k at a tie), its grid indices in
     idx[io:io+8]. A candidate is dropped as soon as its error is above the best one's, or
     base + its error reaches bound (the caller's total would then lose to its best); the error
-    is inf when every candidate was dropped so."""
+    is inf when every candidate was dropped so. work: (levels, codes, cand) int32 arrays of
+    32, 8 and 8."""
+    levels, codes, cand = work
     k0 = min(15, max(0, int(np.rint((scale / d - np.float32(1.0)) * np.float32(0.5)))))
     best_err = np.inf
     best_k = k0
-    cand = np.empty(8, dtype=np.int32)
     for c_k in range(3):   # the nearest multiple first: it is most often the best
         k = k0 if c_k == 0 else (k0 - 1 if c_k == 1 else k0 + 1)
         if k < 0 or k > 15:
             continue
         s = d * np.float32(2 * k + 1)   # exactly the decoder's d*(0.5+k)/2 * grid/4 for IQ3_XXS
-        inv_s = np.float32(1.0) / s
+        group_codes(a, at, np.float32(1.0) / s, thresholds, levels, codes)
         err = 0.0
         for g in range(8):
-            j = snap_group(a, w, at + 4 * g, s, inv_s, units, thresholds, index_of, nb_start, nb)
+            j = snap_group(a, w, at + 4 * g, s, codes[g], units, index_of, nb_start, nb)
             cand[g] = j
             for c in range(4):
                 diff = a[at + 4 * g + c] - s * units[j, c]
@@ -262,10 +274,11 @@ def search_block(x, imp, at, parity, units, thresholds, index_of, nb_start, nb, 
     if parity:
         fix_parity(a, w, neg, XXS_LEVELS)
 
+    work = (np.empty(32, dtype=np.int32), np.empty(8, dtype=np.int32), np.empty(8, dtype=np.int32))
     scales = np.empty(8, dtype=np.float32)
     max_scale = np.float32(0.0)
     for ib in range(8):
-        scales[ib] = fit_scale(a, w, 32 * ib, units, thresholds, index_of, nb_start, nb)
+        scales[ib] = fit_scale(a, w, 32 * ib, units, thresholds, index_of, nb_start, nb, work[0], work[1])
         max_scale = max(max_scale, scales[ib])
 
     best_total = np.inf
@@ -298,7 +311,7 @@ def search_block(x, imp, at, parity, units, thresholds, index_of, nb_start, nb, 
         total = 0.0
         for ib in range(8):
             err, k = snap_at_d(a, w, 32 * ib, d, scales[ib], units, thresholds, index_of,
-                               nb_start, nb, cand_idx, 8 * ib, total, best_total)
+                               nb_start, nb, cand_idx, 8 * ib, total, best_total, work)
             cand_mult[ib] = k
             total += err
             if total >= best_total:
