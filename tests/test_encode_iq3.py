@@ -40,26 +40,31 @@ def test_search_tables(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_snap_is_the_best_among_the_candidates(name, rng):
-    """On-grid roundings are the exact optimum over the whole grid; off-grid ones the best
-    neighbour, which is the exact optimum most of the time."""
+    """group_codes levels each weight to its nearest level; on-grid codes snap to the exact
+    optimum over the whole grid, off-grid ones to the best neighbour, which is the exact optimum
+    most of the time."""
     _, _, units, thresholds, index_of, start, nb = TABLES[name]
     exact = 0
-    n = 2000
+    n = 250
+    levels = np.empty(32, np.int32)
+    codes = np.empty(8, np.int32)
     for _ in range(n):
-        a = (rng.random(4) * 16).astype(np.float32)
-        w = (rng.random(4) + 0.1).astype(np.float32)
+        a = (rng.random(32) * 16).astype(np.float32)
+        w = (rng.random(32) + 0.1).astype(np.float32)
         s = np.float32(rng.uniform(0.8, 1.2))
-        j = iq3.snap_group(a, w, 0, s, np.float32(1) / s, units, thresholds, index_of, start, nb)
-        errs = (w * np.square(a - s * units)).sum(1)
-        level = (a[:, None] / s > thresholds).sum(1)
-        code = level @ np.array([1, 8, 64, 512])
-        if index_of[code] >= 0:
-            assert j == index_of[code] and errs[j] == pytest.approx(errs.min(), rel=1e-5)
-        else:
-            cands = nb[start[code]:start[code + 1]]
-            assert j in cands and errs[j] == pytest.approx(errs[cands].min(), rel=1e-5)
-        exact += errs[j] <= errs.min() * (1 + 1e-5)
-    assert exact > 0.9 * n
+        iq3.group_codes(a, 0, np.float32(1) / s, thresholds, levels, codes)
+        level = (a[:, None] * (np.float32(1) / s) > thresholds).sum(1)
+        np.testing.assert_array_equal(codes, level.reshape(8, 4) @ np.array([1, 8, 64, 512]))
+        for g in range(8):
+            j = iq3.snap_group(a, w, 4 * g, s, codes[g], units, index_of, start, nb)
+            errs = (w[4 * g:4 * g + 4] * np.square(a[4 * g:4 * g + 4] - s * units)).sum(1)
+            if index_of[codes[g]] >= 0:
+                assert j == index_of[codes[g]] and errs[j] == pytest.approx(errs.min(), rel=1e-5)
+            else:
+                cands = nb[start[codes[g]]:start[codes[g] + 1]]
+                assert j in cands and errs[j] == pytest.approx(errs[cands].min(), rel=1e-5)
+            exact += errs[j] <= errs.min() * (1 + 1e-5)
+    assert exact > 0.9 * 8 * n
 
 
 LIFT = {"IQ3_XXS": iq3.XXS_LIFT, "IQ3_S": iq3.S_LIFT}
