@@ -348,10 +348,11 @@ def exact_group(a, w, o, odd, c, lev, quads, qc, qm, pc, pm, by_first, first_sta
 
 
 @njit
-def fit_subblock_scale(a, w, o, n_groups, odd, g0, book):
+def fit_subblock_scale(a, w, o, n_groups, odd, g0, book, tab):
     """(scale, curvature) of one sub-block: the least-squares scale of the best choice over a
     scan of candidate scales and refits, and sum w q^2 of that choice, so that near the scale the
-    error grows as curvature * (c - scale)^2. (0, 0) if the sub-block is empty."""
+    error grows as curvature * (c - scale)^2. (0, 0) if the sub-block is empty. tab: an (8, 3)
+    float64 work array (best_point's)."""
     lev, _, gmap, start, nb, _, _, _ = book
     amax = 0.0
     for i in range(8 * n_groups):
@@ -361,7 +362,6 @@ def fit_subblock_scale(a, w, o, n_groups, odd, g0, book):
     best = 0.0
     best_c = 0.0
     best_q2 = 0.0
-    tab = np.empty((8, 3))
     for step in range(SCALE_STEPS + REFITS):
         if step < SCALE_STEPS:
             c = amax / (LEVELS[2] * (SCALE_RATIO0 + step * SCALE_RATIO_STEP))
@@ -418,7 +418,7 @@ def choose_block_scale(cs, cq, n_sub):
 def encode_block(x, xo, imp, n_groups, book, parity, ws):
     """Choose d, the 4-bit sub-scales and every group's grid point and signs for the 256-block
     at x[xo:]. The choices are left in ws (see scratch); returns the (f16-exact) d."""
-    a, w, neg, odd, cs, cq, idx, flips, subs, qc, qm, tidx, tflips, pc, pm = ws
+    a, w, neg, odd, cs, cq, idx, flips, subs, qc, qm, tidx, tflips, pc, pm, tab = ws
     lev, quads, gmap, start, nb, by_first, first_start, prune = book
     n_sub = 32 // n_groups
     block_weights(x, imp, xo, w)
@@ -439,15 +439,20 @@ def encode_block(x, xo, imp, n_groups, book, parity, ws):
     for ib in range(n_sub):
         subs[ib] = 0
         cs[ib], cq[ib] = fit_subblock_scale(a, w, 8 * n_groups * ib, n_groups, odd,
-                                            n_groups * ib, book)
+                                            n_groups * ib, book, tab)
     d = choose_block_scale(cs, cq, n_sub)
     if d == 0:
         return d
     for ib in range(n_sub):
         # the sub-scales next to the ideal one, scored by the exact search at the decoder's scale
+        # (s0 first, then outward: a candidate is dropped once its error passes the best one's,
+        # which is most often s0's; at a tie the lower sub-scale wins, as in a plain scan)
         s0 = nearest_subscale(d, cs[ib])
         best_e = np.inf
-        for s in range(max(0, s0 - SUBSCALE_REACH), min(15, s0 + SUBSCALE_REACH) + 1):
+        for t in range(2 * SUBSCALE_REACH + 1):
+            s = s0 + (t + 1) // 2 * (1 if t % 2 else -1)
+            if s < 0 or s > 15:
+                continue
             c = group_scale(d, s)
             e = 0.0
             for g in range(n_groups):
@@ -455,7 +460,9 @@ def encode_block(x, xo, imp, n_groups, book, parity, ws):
                 tidx[g], tflips[g], eg = exact_group(a, w, 8 * gg, odd[gg], c, lev, quads, qc, qm, pc, pm,
                                                      by_first, first_start, prune)
                 e += eg
-            if e < best_e:
+                if e > best_e:
+                    break
+            if e < best_e or (e == best_e and s < subs[ib]):
                 best_e = e
                 subs[ib] = s
                 idx[n_groups * ib:n_groups * (ib + 1)] = tidx[:n_groups]
@@ -471,7 +478,7 @@ def scratch():
             np.empty(32, np.int64), np.empty(32, np.int64), np.empty(32, np.int64),
             np.empty((2, 81), np.float64), np.empty((2, 81), np.float64),
             np.empty(4, np.int64), np.empty(4, np.int64),
-            np.empty((2, 9), np.float64), np.empty((2, 9), np.float64))
+            np.empty((2, 9), np.float64), np.empty((2, 9), np.float64), np.empty((8, 3), np.float64))
 
 
 @njit(inline="always")
@@ -489,7 +496,7 @@ def put_subscales(out, at, subs):
 @njit
 def encode_iq2_xxs(x, imp, out):
     ws = scratch()
-    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _, _, _ = ws
+    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _, _, _, _ = ws
     for b in range(x.shape[0] // 256):
         o = 66 * b
         put_f16(out, o, encode_block(x, 256 * b, imp, 4, XXS_TABLES,
@@ -506,7 +513,7 @@ def encode_iq2_xxs(x, imp, out):
 @njit
 def encode_iq2_xs(x, imp, out):
     ws = scratch()
-    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _, _, _ = ws
+    _, _, neg, _, _, _, idx, flips, subs, _, _, _, _, _, _, _ = ws
     for b in range(x.shape[0] // 256):
         o = 74 * b
         put_f16(out, o, encode_block(x, 256 * b, imp, 2, XS_TABLES,
@@ -519,7 +526,7 @@ def encode_iq2_xs(x, imp, out):
 @njit
 def encode_iq2_s(x, imp, out):
     ws = scratch()
-    _, _, neg, _, _, _, idx, _, subs, _, _, _, _, _, _ = ws
+    _, _, neg, _, _, _, idx, _, subs, _, _, _, _, _, _, _ = ws
     for b in range(x.shape[0] // 256):
         o = 82 * b
         put_f16(out, o, encode_block(x, 256 * b, imp, 2, S_TABLES,
