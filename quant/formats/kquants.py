@@ -188,6 +188,15 @@ def _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc,
     return total
 
 
+@njit
+def _requantize(x, w, nsub, sub, nmax, d, dm, sc, mn, L):
+    """The weights' codes into L for the super scales (d, dm) and the codes sc, mn; the error."""
+    total = np.float32(0.0)
+    for j in range(nsub):
+        total += affine_error(x, w, j * sub, sub, d * np.float32(sc[j]), dm * np.float32(mn[j]), nmax, L)
+    return total
+
+
 @njit(fastmath=SCAN_MATH, error_model="numpy")
 def _refit_d_dmin(x, w, nsub, sub, sc, mn, L):
     """Least squares (d, dmin) for x ~ d*sc*L - dmin*m over the super-block."""
@@ -226,20 +235,22 @@ def _sub_weights(w, nsub, sub, L, wl2, wsum):
 
 
 # How hard an affine super-block search works: the step sizes each sub-block's fit scans, its
-# Lloyd rounds per step, the super-scale starts (1 or 2) and the code-pick rounds per start.
-FULL_SEARCH = (AFFINE_STEPS, LLOYD_ROUNDS, 2, 4)
+# Lloyd rounds per step, the super-scale starts (1 or 2), the rounds per start (each a refit of
+# the super scales), and whether a round after the first picks the (scale, min) codes again (1)
+# or keeps them and only requantizes the weights (0).
+FULL_SEARCH = (AFFINE_STEPS, LLOYD_ROUNDS, 2, 4, 1)
 # Q2_K without an importance matrix: the error it weighs is a guess at what counts, and the
-# full search's lower weighted error (1.2 % on Qwen2.5-Coder-1.5B's rows) did not show in the
+# full search's lower weighted error (1.1 % on Qwen2.5-Coder-1.5B's rows) did not show in the
 # model's output (its Q2_K preset's KLD 0.336 full, 0.324-0.342 for shorter searches), at
-# 1.8x the time (docs/encoders.md).
-SHORT_SEARCH = (8, 1, 1, 2)
+# twice the time (docs/encoders.md).
+SHORT_SEARCH = (8, 1, 1, 2, 0)
 
 
 @njit
 def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L, fit_work, search):
     """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin).
     fit_work: fits.affine_scratch's; search: FULL_SEARCH or SHORT_SEARCH."""
-    nsteps, lloyd_rounds, starts, pick_rounds = search
+    nsteps, lloyd_rounds, starts, rounds, repick = search
     n = nsub * sub
     ideal_a = np.empty(nsub, np.float64)
     ideal_b = np.empty(nsub, np.float64)
@@ -267,8 +278,11 @@ def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L, fit_work, searc
             dm = round_to_f16(bmax / smax)
             if d == first_d and dm == first_dm:
                 break   # the same start again: the same codes
-        for _ in range(pick_rounds):
-            err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc_t, mn_t, L_t)
+        for r in range(rounds):
+            if r == 0 or repick:
+                err = _pick_affine_codes(x, w, nsub, sub, nmax, smax, d, dm, ideal_a, ideal_b, sc_t, mn_t, L_t)
+            else:
+                err = _requantize(x, w, nsub, sub, nmax, d, dm, sc_t, mn_t, L_t)
             if err < best:
                 best, best_d, best_dm = err, d, dm
                 sc[:] = sc_t
