@@ -173,8 +173,8 @@ def _affine_sums_per_step(x, w, s, n, b, nmax, inv, sl, sl2, sxl):
 def fit_affine(x, w, s, n, nmax, L, scratch, nsteps=AFFINE_STEPS, rounds=LLOYD_ROUNDS):
     """Best (a, b) for one sub-block: a scan of nsteps + 1 step sizes (nsteps <= AFFINE_STEPS),
     each refined Lloyd-style for up to `rounds` rounds (least squares for the quants, requantize
-    with the fit, until the error stops falling). The codes
-    of the best fit go into L: they are made once, at the end, from the step that gave them.
+    with the fit, until the error stops falling). The codes of the best fit go into L: they are
+    made once, at the end, from the step that gave them.
     Every step's first requantization starts from the same min, so those are made together
     (_affine_sums_per_step); the refinements that follow an improvement run one at a time."""
     sw, sx, sxx, xmin, xmax = _moments(x, w, s, n)

@@ -22,8 +22,8 @@ from ..bits import f16
 from ..encode_helpers import put_f16, round_to_f16
 from ..types import Packing, register
 from .unpacking import copy_f16
-from .fits import (AFFINE_STEPS, LLOYD_ROUNDS, SCAN_MATH, affine_error, affine_scratch, block_weights, clamp_round, favour_large,
-                   fit_affine, grid_code, repeats_a_start, signed_error, signed_scan_step, signed_super_starts, super_scale)
+from .fits import (AFFINE_STEPS, LLOYD_ROUNDS, SCAN_MATH, affine_error, affine_scratch, block_weights, clamp_round,
+                   favour_large, fit_affine, grid_code, repeats_a_start, signed_error, signed_scan_step, signed_super_starts, super_scale)
 
 
 @njit(inline="always")
@@ -241,8 +241,8 @@ def _sub_weights(w, nsub, sub, L, wl2, wsum):
 FULL_SEARCH = (AFFINE_STEPS, LLOYD_ROUNDS, 2, 4, 1)
 # Q2_K without an importance matrix: the error it weighs is a guess at what counts, and the
 # full search's lower weighted error (1.1 % on Qwen2.5-Coder-1.5B's rows) did not show in the
-# model's output (its Q2_K preset's KLD 0.336 full, 0.324-0.342 for shorter searches), at
-# twice the time (docs/encoders.md).
+# model's output beyond noise (its Q2_K preset's KLD 0.336 full, 0.343 short, one standard error
+# apart; llama-quantize's 0.372), at twice the time (docs/encoders.md).
 SHORT_SEARCH = (8, 1, 1, 2, 0)
 
 
@@ -621,7 +621,8 @@ def encode_q3_k(x, imp, out):
         o = b * 110
         block_weights(x, imp, b * 256, 256, w)
         favour_large(x, b * 256, 256, w, Q3K_SPREAD)
-        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, Q3K_STARTS, sc, L, scratch)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -4, 3, -32, 31, Q3K_SCAN, Q3K_STARTS,
+                                 sc, L, scratch)
         _zero(out, o, 110)
         for i in range(256):
             u = L[i] + 4
@@ -641,7 +642,8 @@ def encode_q6_k(x, imp, out):
     for b in range(x.shape[0] // 256):
         o = b * 210
         block_weights(x, imp, b * 256, 256, w)
-        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, Q6K_SCAN, Q6K_STARTS, sc, L, scratch)
+        d = _encode_signed_block(x[b * 256:b * 256 + 256], w, 16, 16, -32, 31, -128, 127, Q6K_SCAN, Q6K_STARTS,
+                                 sc, L, scratch)
         _zero(out, o, 210)
         for i in range(256):
             u = L[i] + 32
