@@ -133,7 +133,7 @@ def test_affine_codes_are_in_range_and_decode_as_searched(name, with_imatrix, rn
             mn = np.empty(nsub, np.int32)
             L = np.empty(256, np.int32)
             d, dm = K._encode_affine_block(x, block_weights(imp, b, name, rows[r]), nsub, sub, nmax, smax,
-                                           sc, mn, L, fits.affine_scratch(), search)
+                                           sc, mn, L, K.affine_block_scratch(nsub, sub), search)
             assert d == np.float16(d) and dm == np.float16(dm) and d >= 0 and dm >= 0
             assert sc.min() >= 0 and sc.max() <= smax and mn.min() >= 0 and mn.max() <= smax
             assert L.min() >= 0 and L.max() <= nmax

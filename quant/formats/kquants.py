@@ -247,24 +247,27 @@ SHORT_SEARCH = (8, 1, 1, 2, 0)
 
 
 @njit
-def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L, fit_work, search):
+def affine_block_scratch(nsub, sub):
+    """The work arrays of _encode_affine_block, made once per call of an encoder: the fit's
+    (fits.affine_scratch), 4 rows of per-sub-block float64 values, the trial (scale, min) codes
+    and the trial quants."""
+    return (affine_scratch(), np.empty((4, nsub), np.float64), np.empty(nsub, np.int32),
+            np.empty(nsub, np.int32), np.empty(nsub * sub, np.int32))
+
+
+@njit
+def _encode_affine_block(x, w, nsub, sub, nmax, smax, sc, mn, L, scratch, search):
     """Codes for one super-block: fills sc, mn, L; returns the f16-rounded (d, dmin).
-    fit_work: fits.affine_scratch's; search: FULL_SEARCH or SHORT_SEARCH."""
+    scratch: affine_block_scratch's; search: FULL_SEARCH or SHORT_SEARCH."""
     nsteps, lloyd_rounds, starts, rounds, repick = search
-    n = nsub * sub
-    ideal_a = np.empty(nsub, np.float64)
-    ideal_b = np.empty(nsub, np.float64)
+    fit_work, rows, sc_t, mn_t, L_t = scratch
+    ideal_a, ideal_b, wl2, wsum = rows[0], rows[1], rows[2], rows[3]
     amax = bmax = 0.0
     for j in range(nsub):
         ideal_a[j], ideal_b[j] = fit_affine(x, w, j * sub, sub, nmax, L, fit_work, nsteps, lloyd_rounds)
         amax = max(amax, ideal_a[j])
         bmax = max(bmax, ideal_b[j])
-    wl2 = np.empty(nsub, np.float64)
-    wsum = np.empty(nsub, np.float64)
     _sub_weights(w, nsub, sub, L, wl2, wsum)
-    sc_t = np.empty(nsub, np.int32)
-    mn_t = np.empty(nsub, np.int32)
-    L_t = np.empty(n, np.int32)
     best = np.float32(np.inf)
     best_d = best_dm = np.float32(0.0)
     first_d = first_dm = np.float32(np.nan)
@@ -541,12 +544,12 @@ def _encode_q45_k(x, imp, out, nmax, block_bytes):
     sc = np.empty(8, np.int32)
     mn = np.empty(8, np.int32)
     L = np.empty(256, np.int32)
-    fit_work = affine_scratch()
+    scratch = affine_block_scratch(8, 32)
     for b in range(x.shape[0] // 256):
         o = b * block_bytes
         xb = x[b * 256:b * 256 + 256]
         block_weights(x, imp, b * 256, 256, w)
-        d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L, fit_work, FULL_SEARCH)
+        d, dm = _encode_affine_block(xb, w, 8, 32, nmax, 63, sc, mn, L, scratch, FULL_SEARCH)
         _zero(out, o, block_bytes)
         put_f16(out, o, d)
         put_f16(out, o + 2, dm)
@@ -586,13 +589,13 @@ def encode_q2_k(x, imp, out):
     sc = np.empty(16, np.int32)
     mn = np.empty(16, np.int32)
     L = np.empty(256, np.int32)
-    fit_work = affine_scratch()
+    scratch = affine_block_scratch(16, 16)
     search = q2k_search(imp)
     for b in range(x.shape[0] // 256):
         o = b * 84
         block_weights(x, imp, b * 256, 256, w)
         favour_large(x, b * 256, 256, w, Q2K_SPREAD)
-        d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L, fit_work, search)
+        d, dm = _encode_affine_block(x[b * 256:b * 256 + 256], w, 16, 16, 3, 15, sc, mn, L, scratch, search)
         _zero(out, o, 84)
         for j in range(16):
             out[o + j] = np.uint8(sc[j] | (mn[j] << 4))
